@@ -1,0 +1,45 @@
+# All set-up is idempotent: `make demo` and `make test` work on a fresh machine and are quick on a warm one.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+EXTRAS ?= dev
+STAMP  := $(VENV)/.setup-$(EXTRAS)
+APT_PACKAGES := libegl1 libosmesa6
+export MUJOCO_GL ?= egl
+
+.PHONY: setup demo test test-all bench lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@bash scripts/apt_deps.sh $(APT_PACKAGES)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch
+	$(PIP) install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/clap demo
+
+# pytest exits 5 when it selects no test: that is a failure, not a pass.
+test: setup
+	@$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+test-all: setup
+	@$(PY) -m pytest -q -m ""; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests were collected"; exit 1; fi; exit $$rc
+
+bench: setup
+	$(PY) benchmarks/bench_windows.py --out benchmarks/results/windows.json
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

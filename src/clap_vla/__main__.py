@@ -1,0 +1,3 @@
+from clap_vla.cli import main
+
+raise SystemExit(main())

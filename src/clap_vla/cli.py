@@ -1,0 +1,169 @@
+"""The `clap` entry point: `clap <group> <command> [--config PRESET] [flags]`.
+
+Dispatch only: each command names its config dataclass, its presets and the stage function that
+runs it, all as import paths, so `clap --help` imports neither torch nor any simulator. Flags are
+parsed by tyro from the frozen config dataclass; `--config NAME` picks a preset as the defaults.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Command:
+    group: str
+    name: str  # "" for a group that is itself the command (`clap demo`)
+    summary: str
+    config: str  # "module:Class"
+    run: str  # "module:function"
+    presets: str | None = None  # "module:DICT" of name -> config instance
+
+    @property
+    def usage(self) -> str:
+        return f"clap {self.group} {self.name}".rstrip()
+
+
+COMMANDS = [
+    Command("data", "info", "Describe a LeRobot dataset (episodes, frames, fps, features, cameras, tasks)",
+            "clap_vla.configs.data:InfoConfig", "clap_vla.stages.data_info:run"),
+    Command("data", "validate", "Check every file, episode, video frame and value of a dataset",
+            "clap_vla.configs.data:ValidateConfig", "clap_vla.stages.data_validate:run"),
+    Command("data", "import-videos", "Turn a folder of video clips into an action-free LeRobot v3 dataset",
+            "clap_vla.configs.data:ImportVideosConfig", "clap_vla.stages.data_import_videos:run"),
+    Command("data", "synth", "Write procedural toy robot episodes as a LeRobot v3 dataset",
+            "clap_vla.configs.data:SynthConfig", "clap_vla.stages.data_synth:run",
+            "clap_vla.configs.data:SYNTH_PRESETS"),
+    Command("data", "norm-stats", "Compute action normalisation stats (chunk-relative, q01/q99)",
+            "clap_vla.configs.data:NormStatsConfig", "clap_vla.stages.data_norm_stats:run"),
+    Command("demo", "", "The end-to-end job on embedded defaults (what `make demo` runs)",
+            "clap_vla.configs.demo:DemoConfig", "clap_vla.stages.demo:run", "clap_vla.configs.demo:DEMO_PRESETS"),
+]
+# Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
+PLANNED = {
+    "train": "act-vae, vd-vae, ntp, post",
+    "label": "video pseudo action tokens with a trained VD-VAE",
+    "eval": "act-vae, rate-distortion, vd-vae, rollout, latency",
+    "serve": "websocket policy server",
+}
+GROUPS = ["data", "train", "label", "eval", "serve", "demo"]
+
+
+def _load(path: str):
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _overview() -> str:
+    width = max(len(c.usage) for c in COMMANDS) + 2
+    lines = [
+        "usage: clap <group> <command> [--config PRESET] [flags]",
+        "",
+        "CLAP (arXiv 2601.04061): Act-VAE action tokens, VD-VAE video alignment, NTP and RF policies.",
+        "",
+        "commands:",
+    ]
+    for g in GROUPS:
+        cmds = [c for c in COMMANDS if c.group == g]
+        lines += [f"  {c.usage:<{width}}{c.summary}" for c in cmds]
+        if not cmds:
+            lines.append(f"  {'clap ' + g:<{width}}not implemented yet (planned: {PLANNED[g]})")
+    lines += ["", "`clap <group> <command> --help` lists a command's flags and presets."]
+    return "\n".join(lines)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else f" Choices: {', '.join(choices)}."
+
+
+def _fail(msg: str) -> int:
+    print(f"clap: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _pop_config(args: list[str]) -> tuple[str | None, list[str]]:
+    rest, name, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a == "--config":
+            if i + 1 >= len(args):
+                raise ValueError("--config needs a preset name")
+            name, i = args[i + 1], i + 2
+            continue
+        if a.startswith("--config="):
+            name = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    return name, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0
+    if argv[0] == "--version":
+        from clap_vla import __version__
+
+        print(__version__)
+        return 0
+    group, rest = argv[0], argv[1:]
+    if group not in GROUPS:
+        return _fail(f"unknown group {group!r}." + _suggest(group, GROUPS))
+    cmds = {c.name: c for c in COMMANDS if c.group == group}
+    if not cmds:
+        return _fail(f"`clap {group}` has no commands yet (planned: {PLANNED[group]}).")
+    if "" in cmds:
+        cmd = cmds[""]
+    else:
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: clap {group} <command> [flags]\n\ncommands:")
+            for c in cmds.values():
+                print(f"  {c.name:<16}{c.summary}")
+            return 0
+        name, rest = rest[0], rest[1:]
+        if name not in cmds:
+            return _fail(f"unknown command {name!r} in `clap {group}`." + _suggest(name, list(cmds)))
+        cmd = cmds[name]
+
+    try:
+        preset_name, rest = _pop_config(rest)
+    except ValueError as e:
+        return _fail(str(e))
+    import tyro
+
+    from clap_vla.errors import ClapError
+
+    config_cls = _load(cmd.config)
+    presets = _load(cmd.presets) if cmd.presets else {}
+    default = None
+    if preset_name is not None:
+        if preset_name not in presets:
+            if not presets:
+                return _fail(f"`{cmd.usage}` has no presets")
+            return _fail(f"unknown preset {preset_name!r} for `{cmd.usage}`." + _suggest(preset_name, list(presets)))
+        default = presets[preset_name]
+    description = cmd.summary
+    if presets:
+        description += f"\n\npresets (--config NAME): {', '.join(presets)}"
+    try:
+        config = tyro.cli(config_cls, args=rest, default=default, prog=cmd.usage, description=description)
+    except ClapError as e:  # raised by a config's __post_init__ validation
+        return _fail(str(e))
+    try:
+        result = _load(cmd.run)(config)
+    except ClapError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
