@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         config = tyro.cli(config_cls, args=rest, default=default, prog=cmd.usage, description=description)
     except ClapError as e:  # raised by a config's __post_init__ validation
         return _fail(str(e))
+    except SystemExit as e:  # tyro prints its own message for --help and bad flags
+        return int(e.code or 0)
     try:
         result = _load(cmd.run)(config)
     except ClapError as e:

@@ -62,7 +62,9 @@ def decode_resampled(path: Path, fps: int, size: tuple[int, int] | None) -> np.n
             raise DatasetError(f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        next_t, last, t0 = 0.0, None, None
+        # Each source frame covers [t, next frame's t); the last one covers one source frame period.
+        period = 1.0 / float(stream.average_rate) if stream.average_rate else 1.0 / fps
+        next_t, last, last_t, t0 = 0.0, None, 0.0, None
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
@@ -75,13 +77,14 @@ def decode_resampled(path: Path, fps: int, size: tuple[int, int] | None) -> np.n
                     frames.append(last)
                     next_t = len(frames) / fps
                 img = frame.reformat(width=size[1], height=size[0], format="rgb24") if size else frame.reformat(format="rgb24")
-                last = img.to_ndarray()
+                last, last_t = img.to_ndarray(), t
                 if len(frames) * last.nbytes > _MAX_EPISODE_BYTES:
                     raise DatasetError(f"{path}: clip too large to import at full size; pass --height/--width to resize")
         except av.error.FFmpegError as e:
             raise DatasetError(f"{path}: video is corrupt or truncated ({e})") from e
-        if last is not None:
+        while last is not None and next_t < last_t + period - 1e-9:
             frames.append(last)
+            next_t = len(frames) / fps
     if not frames:
         raise DatasetError(f"{path}: no decodable frames")
     return np.stack(frames)

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from clap_vla.data.action_space import ArmLayout, chunk_to_relative
+from clap_vla.data.dataset import RobotDataset
+from clap_vla.data.frame_cache import attach_frame_caches
+from clap_vla.data.normalize import ActionNormalizer
+from clap_vla.data.windows import WindowConfig, WindowDataset, fit_norm_stats
+from clap_vla.errors import ConfigError
+from clap_vla.types import collate_windows
+from tests.conftest import write_toy
+
+
+def test_window_at_episode_end_pads_and_masks(toy):
+    root, eps = toy
+    H = 8
+    wd = WindowDataset(root, WindowConfig(horizon=H))
+    assert len(wd) == sum(len(e.action) for e in eps)
+    T = len(eps[0].action)  # 20
+    t = T - 3
+    w = wd[t]
+    assert (w.episode_index, w.frame_index) == (0, t)
+    assert w.action_valid.tolist() == [True] * 3 + [False] * (H - 3)
+    right = w.actions[:, 1].numpy()
+    np.testing.assert_array_equal(right[:3], eps[0].action[t:])
+    np.testing.assert_array_equal(right[3:], np.repeat(eps[0].action[-1:], H - 3, 0))  # last action repeated
+    assert (w.actions[:, 0] == 0).all() and w.arm_mask.tolist() == [False, True]
+    np.testing.assert_array_equal(w.state[1].numpy(), eps[0].state[t])
+    # Frame pair (o_t, o_{t+H}) with the second index clamped to the last frame.
+    ds = RobotDataset(root)
+    f = w.frames["observation.images.main"]
+    assert f.shape == (2, 3, 64, 64) and f.dtype == torch.uint8
+    np.testing.assert_array_equal(f.permute(0, 2, 3, 1).numpy(), ds.frames(0, "main", [t, T - 1]))
+    assert w.instruction == eps[0].task and w.subtask == eps[0].subtasks[t]
+
+
+def test_window_in_the_middle_is_fully_valid(toy):
+    root, eps = toy
+    wd = WindowDataset(root, WindowConfig(horizon=8, cameras=()))
+    w = wd[len(eps[0].action) + 4]  # episode 1, t = 4
+    assert w.action_valid.all() and w.frames == {}
+    np.testing.assert_array_equal(w.actions[:, 1].numpy(), eps[1].action[4:12])
+
+
+def test_normalised_windows_match_reference(toy):
+    root, eps = toy
+    cfg = WindowConfig(horizon=8, cameras=())
+    stats = fit_norm_stats(RobotDataset(root), cfg)
+    norm = ActionNormalizer(stats)
+    wd = WindowDataset(root, cfg, norm)
+    w = wd[5]
+    lay = ArmLayout(("right",))
+    ref = norm.normalize(lay.to_unified(eps[0].action[5:13]), lay.to_unified(eps[0].state[5]))
+    np.testing.assert_allclose(w.actions.numpy(), ref)
+    assert w.actions.abs().max() <= 1
+    rel = chunk_to_relative(lay.to_unified(eps[0].action[5:13]), lay.to_unified(eps[0].state[5]))
+    np.testing.assert_allclose(rel[..., 1, :3], eps[0].action[5:13, :3] - eps[0].state[5, :3], atol=1e-6)
+    with pytest.raises(ConfigError, match="horizon 8, windows use 16"):
+        WindowDataset(root, WindowConfig(horizon=16), norm)
+
+
+def test_dataloader_workers_match_single_process(toy):
+    root, _ = toy
+    wd = WindowDataset(root, WindowConfig(horizon=8))
+    wd.ds.frames(0, "main", [0])  # open a reader in the parent before forking (must not leak into workers)
+    idx = list(range(0, len(wd), 3))
+    ref = collate_windows([wd[i] for i in idx])
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(wd, idx), batch_size=len(idx), num_workers=2,
+                                         collate_fn=collate_windows)
+    got = next(iter(loader))
+    assert torch.equal(got.actions, ref.actions)
+    assert torch.equal(got.frames["observation.images.main"], ref.frames["observation.images.main"])
+    assert got.instruction == ref.instruction
+
+
+def test_frame_cache_equals_decoding(tmp_path):
+    root = tmp_path / "ds"
+    write_toy(root, n=3, length=12, size=32, data_file_size_in_mb=1e-6, video_file_size_in_mb=1e-6)
+    plain = RobotDataset(root)
+    cached = RobotDataset(root)
+    attach_frame_caches(cached, cached.cameras, cache_dir=tmp_path / "cache", progress=False)
+    for ep in range(3):
+        idx = np.arange(plain.episodes[ep].length)
+        np.testing.assert_array_equal(cached.frames(ep, "main", idx), plain.frames(ep, "main", idx))
+    # A second build finds the existing cache.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.u8")}
+    attach_frame_caches(RobotDataset(root), ["main"], cache_dir=tmp_path / "cache", progress=False)
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.u8")}
+
+
+def test_action_free_windows_and_mixed_batch(tmp_path, toy):
+    from clap_vla.data.lerobot_writer import LeRobotWriter
+
+    root, eps = toy
+    with LeRobotWriter(tmp_path / "free", fps=10) as w:
+        w.add_episode(task="wave", images={"main": eps[0].frames})
+    free = WindowDataset(tmp_path / "free", WindowConfig(horizon=8))
+    robot = WindowDataset(root, WindowConfig(horizon=8))
+    fw = free[0]
+    assert fw.actions is None and fw.state is None and fw.instruction == "wave"
+    b = collate_windows([robot[0], fw])
+    assert b.has_action.tolist() == [True, False] and (b.actions[1] == 0).all()
+    assert b.frames["observation.images.main"].shape == (2, 2, 3, 64, 64)

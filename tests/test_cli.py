@@ -1,0 +1,64 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clap_vla.cli import main
+
+
+def test_help_is_light():
+    code = "import sys; from clap_vla.cli import main; main(['--help']); " \
+           "heavy = [m for m in ('torch', 'transformers', 'mujoco', 'metaworld', 'av', 'pyarrow') if m in sys.modules]; " \
+           "print('HEAVY', heavy)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "clap data info" in out and "HEAVY []" in out
+
+
+def test_did_you_mean(capsys):
+    assert main(["dat", "info"]) == 2
+    assert "Did you mean 'data'" in capsys.readouterr().err
+    assert main(["data", "valdate"]) == 2
+    assert "Did you mean 'validate'" in capsys.readouterr().err
+    assert main(["data", "synth", "--config", "tinny"]) == 2
+    assert "Did you mean 'tiny'" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "no commands yet" in capsys.readouterr().err
+
+
+def test_info_validate_and_norm_stats(toy, tmp_path, capsys):
+    root, eps = toy
+    assert main(["data", "info", str(root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["episodes"] == 3 and info["action_free"] is False and "observation.images.main" in info["cameras"]
+    assert main(["data", "validate", str(root)]) == 0
+    assert main(["data", "norm-stats", str(root), "--horizon", "8", "--out", str(tmp_path / "n")]) == 0
+    assert json.loads((tmp_path / "n/norm_stats.json").read_text())["horizon"] == 8
+
+
+def test_validate_reports_problems_with_exit_1(toy, tmp_path, capsys):
+    import shutil
+
+    root, _ = toy
+    bad = tmp_path / "bad"
+    shutil.copytree(root, bad)
+    next(bad.rglob("*.mp4")).write_bytes(b"junk")
+    assert main(["data", "validate", str(bad)]) == 1
+    assert "file-000.mp4" in capsys.readouterr().err
+
+
+def test_config_validation_error_names_the_field(tmp_path, capsys):
+    assert main(["data", "import-videos", str(tmp_path), "--out", str(tmp_path / "o"), "--fps", "0"]) == 2
+    assert "fps must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["tiny"])
+def test_demo_runs_and_resumes(tmp_path, capsys, preset):
+    out = tmp_path / "demo"
+    assert main(["demo", "--config", preset, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["video_roundtrip_psnr_db"] > 30 and report["human_window_has_action"] is False
+    first = capsys.readouterr().out
+    assert "skipping" not in first
+    assert main(["demo", "--config", preset, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("already done, skipping") == 4
