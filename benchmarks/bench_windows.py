@@ -31,8 +31,13 @@ from clap_vla.types import collate_windows
 
 def measure(wd: WindowDataset, batches: int, batch_size: int, workers: int, seed: int) -> float:
     loader = torch.utils.data.DataLoader(
-        wd, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=collate_windows,
-        generator=torch.Generator().manual_seed(seed), persistent_workers=False,
+        wd,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate_windows,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
     )
     it = iter(loader)
     next(it)  # worker start-up and first batch are not throughput
@@ -54,8 +59,10 @@ def main() -> None:
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_toy_dataset(SynthConfig(out=Path(tmp) / "ds", episodes=args.episodes, length=args.length,
-                                             size=128), progress=False)
+        root = write_toy_dataset(
+            SynthConfig(out=Path(tmp) / "ds", episodes=args.episodes, length=args.length, size=128),
+            progress=False,
+        )
         cfg = WindowConfig(horizon=32)
         norm = ActionNormalizer(fit_norm_stats(RobotDataset(root), cfg))
         plain = WindowDataset(RobotDataset(root), cfg, norm)
@@ -73,11 +80,20 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     result = {
         "benchmark": "window loading, random access",
-        "dataset": {"episodes": args.episodes, "frames": args.episodes * args.length, "image": [128, 128],
-                    "codec": "av1 (libsvtav1, g=2, crf=30)", "cameras": 1},
+        "dataset": {
+            "episodes": args.episodes,
+            "frames": args.episodes * args.length,
+            "image": [128, 128],
+            "codec": "av1 (libsvtav1, g=2, crf=30)",
+            "cameras": 1,
+        },
         "sample": "action chunk H=32 (normalised) + frame pair (o_t, o_t+H) + state + text",
-        "loader": {"workers": args.workers, "batch_size": args.batch_size, "batches": args.batches,
-                   "repeats": args.repeats},
+        "loader": {
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "batches": args.batches,
+            "repeats": args.repeats,
+        },
         "samples_per_s": {k: round(v, 1) for k, v in med.items()},
         "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
         "cache_speedup": round(med["frame_cache"] / med["video_decode"], 2),

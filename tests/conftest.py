@@ -9,8 +9,16 @@ from clap_vla.data.lerobot_writer import LeRobotWriter
 from clap_vla.data.synthetic import ToyEpisode, make_toy_episode
 
 
-def write_toy(root: Path, n: int = 3, length: int = 20, size: int = 64, arms=("right",), seed: int = 0,
-              codec: str = "av1", **writer_kw) -> list[ToyEpisode]:
+def write_toy(
+    root: Path,
+    n: int = 3,
+    length: int = 20,
+    size: int = 64,
+    arms=("right",),
+    seed: int = 0,
+    codec: str = "av1",
+    **writer_kw,
+) -> list[ToyEpisode]:
     """Write `n` toy episodes (varying lengths) and return them as generated (the ground truth)."""
     from clap_vla.data.video import VideoEncoding
 

@@ -8,9 +8,11 @@ from clap_vla.cli import main
 
 
 def test_help_is_light():
-    code = "import sys; from clap_vla.cli import main; main(['--help']); " \
-           "heavy = [m for m in ('torch', 'transformers', 'mujoco', 'metaworld', 'av', 'pyarrow') if m in sys.modules]; " \
-           "print('HEAVY', heavy)"
+    code = (
+        "import sys; from clap_vla.cli import main; main(['--help']); "
+        "heavy = [m for m in ('torch', 'transformers', 'mujoco', 'metaworld', 'av', 'pyarrow') if m in sys.modules]; "
+        "print('HEAVY', heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "clap data info" in out and "HEAVY []" in out
 
@@ -27,7 +29,7 @@ def test_did_you_mean(capsys):
 
 
 def test_info_validate_and_norm_stats(toy, tmp_path, capsys):
-    root, eps = toy
+    root, _eps = toy
     assert main(["data", "info", str(root), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["episodes"] == 3 and info["action_free"] is False and "observation.images.main" in info["cameras"]

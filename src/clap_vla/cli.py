@@ -28,19 +28,50 @@ class Command:
 
 
 COMMANDS = [
-    Command("data", "info", "Describe a LeRobot dataset (episodes, frames, fps, features, cameras, tasks)",
-            "clap_vla.configs.data:InfoConfig", "clap_vla.stages.data_info:run"),
-    Command("data", "validate", "Check every file, episode, video frame and value of a dataset",
-            "clap_vla.configs.data:ValidateConfig", "clap_vla.stages.data_validate:run"),
-    Command("data", "import-videos", "Turn a folder of video clips into an action-free LeRobot v3 dataset",
-            "clap_vla.configs.data:ImportVideosConfig", "clap_vla.stages.data_import_videos:run"),
-    Command("data", "synth", "Write procedural toy robot episodes as a LeRobot v3 dataset",
-            "clap_vla.configs.data:SynthConfig", "clap_vla.stages.data_synth:run",
-            "clap_vla.configs.data:SYNTH_PRESETS"),
-    Command("data", "norm-stats", "Compute action normalisation stats (chunk-relative, q01/q99)",
-            "clap_vla.configs.data:NormStatsConfig", "clap_vla.stages.data_norm_stats:run"),
-    Command("demo", "", "The end-to-end job on embedded defaults (what `make demo` runs)",
-            "clap_vla.configs.demo:DemoConfig", "clap_vla.stages.demo:run", "clap_vla.configs.demo:DEMO_PRESETS"),
+    Command(
+        "data",
+        "info",
+        "Describe a LeRobot dataset (episodes, frames, fps, features, cameras, tasks)",
+        "clap_vla.configs.data:InfoConfig",
+        "clap_vla.stages.data_info:run",
+    ),
+    Command(
+        "data",
+        "validate",
+        "Check every file, episode, video frame and value of a dataset",
+        "clap_vla.configs.data:ValidateConfig",
+        "clap_vla.stages.data_validate:run",
+    ),
+    Command(
+        "data",
+        "import-videos",
+        "Turn a folder of video clips into an action-free LeRobot v3 dataset",
+        "clap_vla.configs.data:ImportVideosConfig",
+        "clap_vla.stages.data_import_videos:run",
+    ),
+    Command(
+        "data",
+        "synth",
+        "Write procedural toy robot episodes as a LeRobot v3 dataset",
+        "clap_vla.configs.data:SynthConfig",
+        "clap_vla.stages.data_synth:run",
+        "clap_vla.configs.data:SYNTH_PRESETS",
+    ),
+    Command(
+        "data",
+        "norm-stats",
+        "Compute action normalisation stats (chunk-relative, q01/q99)",
+        "clap_vla.configs.data:NormStatsConfig",
+        "clap_vla.stages.data_norm_stats:run",
+    ),
+    Command(
+        "demo",
+        "",
+        "The end-to-end job on embedded defaults (what `make demo` runs)",
+        "clap_vla.configs.demo:DemoConfig",
+        "clap_vla.stages.demo:run",
+        "clap_vla.configs.demo:DEMO_PRESETS",
+    ),
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
 PLANNED = {

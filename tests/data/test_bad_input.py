@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 import pytest
+from tests.conftest import write_toy
 
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.inspect import validate
 from clap_vla.data.lerobot_writer import LeRobotWriter
 from clap_vla.data.windows import WindowConfig, WindowDataset
 from clap_vla.errors import DatasetError
-from tests.conftest import write_toy
 
 
 @pytest.fixture
@@ -69,7 +69,10 @@ def test_feature_shape_disagreeing_with_info(ds_copy):
     info = json.loads((root / "meta/info.json").read_text())
     info["features"]["action"]["shape"] = [6]
     (root / "meta/info.json").write_text(json.dumps(info))
-    with pytest.raises(DatasetError, match=r"file-000\.parquet: feature 'action' has shape \[7\] but info.json declares \[6\]"):
+    with pytest.raises(
+        DatasetError,
+        match=r"file-000\.parquet: feature 'action' has shape \[7\] but info.json declares \[6\]",
+    ):
         RobotDataset(root).episode_columns(1)
 
 
@@ -100,7 +103,7 @@ def test_nan_actions_rejected_on_write_and_found_by_validate(tmp_path, toy):
 
 
 def test_episode_shorter_than_requested(toy):
-    root, eps = toy
+    root, _eps = toy
     with pytest.raises(DatasetError, match=r"episode 0 has 20 frames, shorter than the requested minimum of 25"):
         WindowDataset(root, WindowConfig(horizon=8, min_episode_length=25))
     with pytest.raises(DatasetError, match=r"episode 0 has 20 frames; requested frame 20"):
@@ -109,7 +112,9 @@ def test_episode_shorter_than_requested(toy):
 
 def test_unknown_camera_lists_the_available_ones(toy):
     root, _ = toy
-    with pytest.raises(DatasetError, match=r"camera 'wrist' does not exist; available cameras: \['observation.images.main'\]"):
+    with pytest.raises(
+        DatasetError, match=r"camera 'wrist' does not exist; available cameras: \['observation.images.main'\]"
+    ):
         WindowDataset(root, WindowConfig(cameras=("wrist",)))
 
 
@@ -127,10 +132,9 @@ def test_inconsistent_episode_keys_and_shapes(tmp_path, toy):
 def test_exception_keeps_the_old_dataset(tmp_path):
     root = tmp_path / "ds"
     eps = write_toy(root, n=2, length=10, size=32)
-    with pytest.raises(RuntimeError):
-        with LeRobotWriter(root, fps=10, overwrite=True) as w:
-            w.add_episode(task="new", action=eps[0].action)
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), LeRobotWriter(root, fps=10, overwrite=True) as w:
+        w.add_episode(task="new", action=eps[0].action)
+        raise RuntimeError("crash mid-write")
     ds = RobotDataset(root)
     assert ds.num_episodes == 2 and validate(root, progress=False) == []
     assert not [p for p in tmp_path.iterdir() if p.name != "ds"]  # no temp dirs left behind

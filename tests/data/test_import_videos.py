@@ -39,8 +39,17 @@ def test_instructions_file_and_resize(tmp_path):
     clips.mkdir()
     _clip(clips / "x.mp4", 12, h=50, w=70)
     (clips / "i.jsonl").write_text(json.dumps({"file": "x.mp4", "instruction": "fold the towel"}) + "\n")
-    ds = RobotDataset(import_videos(clips, tmp_path / "ds", fps=30, instructions=clips / "i.jsonl",
-                                    size=(32, 32), camera="ego", progress=False))
+    ds = RobotDataset(
+        import_videos(
+            clips,
+            tmp_path / "ds",
+            fps=30,
+            instructions=clips / "i.jsonl",
+            size=(32, 32),
+            camera="ego",
+            progress=False,
+        )
+    )
     assert ds.tasks == ["fold the towel"] and ds.cameras == ["observation.images.ego"]
     assert ds.image_shape("ego") == (32, 32) and ds.episodes[0].length == 12
 

@@ -4,11 +4,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests.conftest import write_toy
 
 from clap_vla.data import lerobot_format as lf
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.inspect import validate
-from tests.conftest import write_toy
 
 
 def test_numeric_columns_roundtrip_exactly(toy):
@@ -69,8 +69,10 @@ def test_info_json_layout(toy):
     assert cam["info"]["video.pix_fmt"] == "yuv420p" and cam["info"]["video.fps"] == 10
     # All episodes share one data file and one mp4 (LeRobot v3: many episodes per file).
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.parquet")) == [
-        "data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet",
-        "meta/subtasks.parquet", "meta/tasks.parquet",
+        "data/chunk-000/file-000.parquet",
+        "meta/episodes/chunk-000/file-000.parquet",
+        "meta/subtasks.parquet",
+        "meta/tasks.parquet",
     ]
     assert len(list(root.rglob("*.mp4"))) == 1
 
@@ -112,13 +114,24 @@ def test_stats_against_numpy(toy):
 
 
 def test_files_rotate_by_size_and_chunks(tmp_path):
-    eps = write_toy(tmp_path / "ds", n=5, length=12, size=32, data_file_size_in_mb=1e-6,
-                    video_file_size_in_mb=1e-6, chunks_size=2)
+    eps = write_toy(
+        tmp_path / "ds",
+        n=5,
+        length=12,
+        size=32,
+        data_file_size_in_mb=1e-6,
+        video_file_size_in_mb=1e-6,
+        chunks_size=2,
+    )
     root = tmp_path / "ds"
     data = sorted(p.relative_to(root).as_posix() for p in (root / "data").rglob("*.parquet"))
-    assert data == ["data/chunk-000/file-000.parquet", "data/chunk-000/file-001.parquet",
-                    "data/chunk-001/file-000.parquet", "data/chunk-001/file-001.parquet",
-                    "data/chunk-002/file-000.parquet"]
+    assert data == [
+        "data/chunk-000/file-000.parquet",
+        "data/chunk-000/file-001.parquet",
+        "data/chunk-001/file-000.parquet",
+        "data/chunk-001/file-001.parquet",
+        "data/chunk-002/file-000.parquet",
+    ]
     ds = RobotDataset(root)
     for i, e in enumerate(eps):
         np.testing.assert_array_equal(ds.episode_columns(i)[lf.ACTION], e.action)

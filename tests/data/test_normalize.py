@@ -58,7 +58,7 @@ def test_constant_dimension_is_centred_not_exploded():
 
 
 def test_relative_without_state_is_a_clear_error():
-    layout, chunks, s0 = _chunks(np.random.default_rng(2), n=4)
+    layout, chunks, _s0 = _chunks(np.random.default_rng(2), n=4)
     st = compute_norm_stats(chunks, np.ones(chunks.shape[:2], bool), layout, relative=True, horizon=8)
     with pytest.raises(ConfigError, match="observation.state"):
         ActionNormalizer(st).normalize(chunks, None)

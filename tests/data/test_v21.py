@@ -22,35 +22,52 @@ def build_v21(root, n=3, fps=10, size=32):
     features = {
         "action": {"dtype": "float32", "shape": [7], "names": None},
         "observation.state": {"dtype": "float32", "shape": [7], "names": None},
-        "observation.images.top": {"dtype": "video", "shape": [size, size, 3],
-                                   "names": ["height", "width", "channels"],
-                                   "info": {"video.fps": fps, "video.codec": "h264"}},
+        "observation.images.top": {
+            "dtype": "video",
+            "shape": [size, size, 3],
+            "names": ["height", "width", "channels"],
+            "info": {"video.fps": fps, "video.codec": "h264"},
+        },
         **lf.DEFAULT_FEATURES,
     }
     index = 0
     for i, e in enumerate(eps):
         T = len(e.action)
         # HF `datasets` writes variable-length lists (Sequence) in v2.1 parquet files.
-        table = pa.table({
-            "action": pa.array(e.action.tolist(), pa.list_(pa.float32())),
-            "observation.state": pa.array(e.state.tolist(), pa.list_(pa.float32())),
-            "timestamp": pa.array(np.arange(T) / fps, pa.float32()),
-            "frame_index": pa.array(np.arange(T), pa.int64()),
-            "episode_index": pa.array([i] * T, pa.int64()),
-            "index": pa.array(index + np.arange(T), pa.int64()),
-            "task_index": pa.array([tasks.index(e.task)] * T, pa.int64()),
-        })
+        table = pa.table(
+            {
+                "action": pa.array(e.action.tolist(), pa.list_(pa.float32())),
+                "observation.state": pa.array(e.state.tolist(), pa.list_(pa.float32())),
+                "timestamp": pa.array(np.arange(T) / fps, pa.float32()),
+                "frame_index": pa.array(np.arange(T), pa.int64()),
+                "episode_index": pa.array([i] * T, pa.int64()),
+                "index": pa.array(index + np.arange(T), pa.int64()),
+                "task_index": pa.array([tasks.index(e.task)] * T, pa.int64()),
+            }
+        )
         p = root / f"data/chunk-000/episode_{i:06d}.parquet"
         p.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, p)
-        w = VideoFileWriter(root / f"videos/chunk-000/observation.images.top/episode_{i:06d}.mp4", fps, size, size,
-                            VideoEncoding(codec="h264"))
+        w = VideoFileWriter(
+            root / f"videos/chunk-000/observation.images.top/episode_{i:06d}.mp4",
+            fps,
+            size,
+            size,
+            VideoEncoding(codec="h264"),
+        )
         w.write(e.frames)
         w.close()
         index += T
     info = {
-        "codebase_version": "v2.1", "robot_type": "toy", "total_episodes": n, "total_frames": index,
-        "total_tasks": len(tasks), "total_videos": n, "total_chunks": 1, "chunks_size": 1000, "fps": fps,
+        "codebase_version": "v2.1",
+        "robot_type": "toy",
+        "total_episodes": n,
+        "total_frames": index,
+        "total_tasks": len(tasks),
+        "total_videos": n,
+        "total_chunks": 1,
+        "chunks_size": 1000,
+        "fps": fps,
         "splits": {"train": f"0:{n}"},
         "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
         "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
@@ -58,9 +75,13 @@ def build_v21(root, n=3, fps=10, size=32):
     }
     (root / "meta/info.json").write_text(json.dumps(info, indent=4))
     (root / "meta/episodes.jsonl").write_text(
-        "\n".join(json.dumps({"episode_index": i, "tasks": [e.task], "length": len(e.action)}) for i, e in enumerate(eps))
+        "\n".join(
+            json.dumps({"episode_index": i, "tasks": [e.task], "length": len(e.action)}) for i, e in enumerate(eps)
+        )
     )
-    (root / "meta/tasks.jsonl").write_text("\n".join(json.dumps({"task_index": i, "task": t}) for i, t in enumerate(tasks)))
+    (root / "meta/tasks.jsonl").write_text(
+        "\n".join(json.dumps({"task_index": i, "task": t}) for i, t in enumerate(tasks))
+    )
     return eps
 
 

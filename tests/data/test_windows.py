@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from tests.conftest import write_toy
 
 from clap_vla.data.action_space import ArmLayout, chunk_to_relative
 from clap_vla.data.dataset import RobotDataset
@@ -9,7 +10,6 @@ from clap_vla.data.normalize import ActionNormalizer
 from clap_vla.data.windows import WindowConfig, WindowDataset, fit_norm_stats
 from clap_vla.errors import ConfigError
 from clap_vla.types import collate_windows
-from tests.conftest import write_toy
 
 
 def test_window_at_episode_end_pads_and_masks(toy):
@@ -66,8 +66,9 @@ def test_dataloader_workers_match_single_process(toy):
     wd.ds.frames(0, "main", [0])  # open a reader in the parent before forking (must not leak into workers)
     idx = list(range(0, len(wd), 3))
     ref = collate_windows([wd[i] for i in idx])
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(wd, idx), batch_size=len(idx), num_workers=2,
-                                         collate_fn=collate_windows)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(wd, idx), batch_size=len(idx), num_workers=2, collate_fn=collate_windows
+    )
     got = next(iter(loader))
     assert torch.equal(got.actions, ref.actions)
     assert torch.equal(got.frames["observation.images.main"], ref.frames["observation.images.main"])

@@ -53,7 +53,9 @@ class ImportVideosConfig:
         if self.fps <= 0:
             raise ConfigError(f"fps must be positive, got {self.fps}")
         if (self.height is None) != (self.width is None):
-            raise ConfigError(f"give both --height and --width or neither (got height={self.height}, width={self.width})")
+            raise ConfigError(
+                f"give both --height and --width or neither (got height={self.height}, width={self.width})"
+            )
         if self.codec not in ("av1", "h264"):
             raise ConfigError(f"codec must be 'av1' or 'h264', got {self.codec!r}")
 

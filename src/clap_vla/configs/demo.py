@@ -36,6 +36,13 @@ class DemoConfig:
 
 DEMO_PRESETS = {
     "default": DemoConfig(),
-    "tiny": DemoConfig(out=Path("outputs/demo_tiny"), robot_episodes=3, video_episodes=2, length=24, size=64,
-                       horizon=8, batch_size=4),
+    "tiny": DemoConfig(
+        out=Path("outputs/demo_tiny"),
+        robot_episodes=3,
+        video_episodes=2,
+        length=24,
+        size=64,
+        horizon=8,
+        batch_size=4,
+    ),
 }

@@ -28,8 +28,14 @@ from clap_vla.errors import DatasetError
 
 
 class RobotDataset:
-    def __init__(self, root: str | Path, *, video_threads: int = 1, max_open_videos: int = 16,
-                 max_cached_data_files: int = 4):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        video_threads: int = 1,
+        max_open_videos: int = 16,
+        max_cached_data_files: int = 4,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"dataset directory not found: {self.root}")

@@ -77,11 +77,14 @@ def build_frame_cache(ds: RobotDataset, camera: str, cache_dir: Path | None = No
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
-    atomic_write_text(meta_path, json.dumps({"dataset": str(ds.root), "camera": key, "shape": [ds.num_frames, h, w, 3]}))
+    atomic_write_text(
+        meta_path, json.dumps({"dataset": str(ds.root), "camera": key, "shape": [ds.num_frames, h, w, 3]})
+    )
     return path
 
 
-def attach_frame_caches(ds: RobotDataset, cameras: list[str], cache_dir: Path | None = None,
-                        progress: bool = True) -> None:
+def attach_frame_caches(
+    ds: RobotDataset, cameras: list[str], cache_dir: Path | None = None, progress: bool = True
+) -> None:
     for cam in cameras:
         ds.attach_frame_cache(cam, build_frame_cache(ds, cam, cache_dir, progress))

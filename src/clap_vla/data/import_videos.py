@@ -76,10 +76,16 @@ def decode_resampled(path: Path, fps: int, size: tuple[int, int] | None) -> np.n
                 while last is not None and next_t < t - 1e-9:
                     frames.append(last)
                     next_t = len(frames) / fps
-                img = frame.reformat(width=size[1], height=size[0], format="rgb24") if size else frame.reformat(format="rgb24")
+                img = (
+                    frame.reformat(width=size[1], height=size[0], format="rgb24")
+                    if size
+                    else frame.reformat(format="rgb24")
+                )
                 last, last_t = img.to_ndarray(), t
                 if len(frames) * last.nbytes > _MAX_EPISODE_BYTES:
-                    raise DatasetError(f"{path}: clip too large to import at full size; pass --height/--width to resize")
+                    raise DatasetError(
+                        f"{path}: clip too large to import at full size; pass --height/--width to resize"
+                    )
         except av.error.FFmpegError as e:
             raise DatasetError(f"{path}: video is corrupt or truncated ({e})") from e
         while last is not None and next_t < last_t + period - 1e-9:
@@ -91,8 +97,16 @@ def decode_resampled(path: Path, fps: int, size: tuple[int, int] | None) -> np.n
 
 
 def import_videos(
-    src: Path, out: Path, *, fps: int, instructions: Path | None = None, camera: str = "main",
-    size: tuple[int, int] | None = None, codec: str = "av1", overwrite: bool = False, progress: bool = True,
+    src: Path,
+    out: Path,
+    *,
+    fps: int,
+    instructions: Path | None = None,
+    camera: str = "main",
+    size: tuple[int, int] | None = None,
+    codec: str = "av1",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     src = Path(src)
     if not src.is_dir():

@@ -25,11 +25,20 @@ def summarize(ds: RobotDataset) -> dict[str, Any]:
         "episodes": ds.num_episodes,
         "frames": ds.num_frames,
         "fps": ds.fps,
-        "episode_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        "episode_length": {
+            "min": int(lengths.min()),
+            "mean": float(lengths.mean()),
+            "max": int(lengths.max()),
+        },
         "action_free": not ds.has_action,
         "features": {k: {"dtype": f["dtype"], "shape": list(f["shape"])} for k, f in ds.features.items()},
-        "cameras": {k: {"shape": ds.features[k]["shape"], "codec": (ds.features[k].get("info") or {}).get("video.codec")}
-                    for k in ds.cameras},
+        "cameras": {
+            k: {
+                "shape": ds.features[k]["shape"],
+                "codec": (ds.features[k].get("info") or {}).get("video.codec"),
+            }
+            for k in ds.cameras
+        },
         "tasks": dict(task_counts.most_common()),
         "subtasks": len(ds.subtasks),
     }
@@ -52,8 +61,9 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def validate(root: str | Path, *, check_videos: bool = True, progress: bool = True,
-             max_problems: int = 50) -> list[str]:
+def validate(
+    root: str | Path, *, check_videos: bool = True, progress: bool = True, max_problems: int = 50
+) -> list[str]:
     """Every problem found, each naming its file, episode and key; empty when the dataset is sound."""
     problems: list[str] = []
     try:
@@ -62,9 +72,14 @@ def validate(root: str | Path, *, check_videos: bool = True, progress: bool = Tr
         return [str(e)]
     info = ds.info
     if int(info.get("total_episodes", ds.num_episodes)) != ds.num_episodes:
-        problems.append(f"{ds.root / lf.INFO_PATH}: total_episodes={info['total_episodes']} but {ds.num_episodes} episodes are listed")
+        problems.append(
+            f"{ds.root / lf.INFO_PATH}: total_episodes={info['total_episodes']} "
+            f"but {ds.num_episodes} episodes are listed"
+        )
     if int(info.get("total_frames", ds.num_frames)) != ds.num_frames:
-        problems.append(f"{ds.root / lf.INFO_PATH}: total_frames={info['total_frames']} but episodes sum to {ds.num_frames}")
+        problems.append(
+            f"{ds.root / lf.INFO_PATH}: total_frames={info['total_frames']} but episodes sum to {ds.num_frames}"
+        )
     if ds.version.startswith("v3") and not (ds.root / lf.STATS_PATH).exists():
         problems.append(f"{ds.root / lf.STATS_PATH}: missing")
 

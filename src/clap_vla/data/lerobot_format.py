@@ -100,13 +100,30 @@ def pandas_index_metadata(index_name: str, value_name: str) -> bytes:
     LeRobot's tasks.parquet (written by `DataFrame.to_parquet`) does."""
     meta = {
         "index_columns": [index_name],
-        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode",
-                            "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
         "columns": [
-            {"name": value_name, "field_name": value_name, "pandas_type": "int64", "numpy_type": "int64",
-             "metadata": None},
-            {"name": index_name, "field_name": index_name, "pandas_type": "unicode", "numpy_type": "object",
-             "metadata": None},
+            {
+                "name": value_name,
+                "field_name": value_name,
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": index_name,
+                "field_name": index_name,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
         ],
         "attributes": {},
         "creator": {"library": "pyarrow", "version": pa.__version__},
@@ -207,13 +224,18 @@ def _load_v3(root: Path, info: dict[str, Any], video_keys: list[str]) -> tuple[l
         for r in rows:
             try:
                 rec = EpisodeRecord(
-                    index=int(r[EPISODE_INDEX]), length=int(r["length"]), tasks=list(r["tasks"] or []),
+                    index=int(r[EPISODE_INDEX]),
+                    length=int(r["length"]),
+                    tasks=list(r["tasks"] or []),
                     data_file=root / chunk_file_path(info["data_path"], r["data/chunk_index"], r["data/file_index"]),
                     from_index=int(r["dataset_from_index"]),
                 )
                 for k in video_keys:
                     rec.video_files[k] = root / chunk_file_path(
-                        info["video_path"], r[f"videos/{k}/chunk_index"], r[f"videos/{k}/file_index"], video_key=k
+                        info["video_path"],
+                        r[f"videos/{k}/chunk_index"],
+                        r[f"videos/{k}/file_index"],
+                        video_key=k,
                     )
                     rec.video_from_timestamp[k] = float(r[f"videos/{k}/from_timestamp"])
                     rec.video_to_timestamp[k] = float(r[f"videos/{k}/to_timestamp"])
@@ -237,8 +259,11 @@ def _load_v2(root: Path, info: dict[str, Any], video_keys: list[str]) -> tuple[l
         ep = int(r[EPISODE_INDEX])
         chunk = ep // chunks_size
         rec = EpisodeRecord(
-            index=ep, length=int(r["length"]), tasks=list(r.get("tasks", [])),
-            data_file=root / info["data_path"].format(episode_chunk=chunk, episode_index=ep), from_index=start,
+            index=ep,
+            length=int(r["length"]),
+            tasks=list(r.get("tasks", [])),
+            data_file=root / info["data_path"].format(episode_chunk=chunk, episode_index=ep),
+            from_index=start,
         )
         for k in video_keys:
             rec.video_files[k] = root / info["video_path"].format(episode_chunk=chunk, video_key=k, episode_index=ep)
@@ -253,7 +278,9 @@ def _load_v2(root: Path, info: dict[str, Any], video_keys: list[str]) -> tuple[l
 def _check_contiguous(root: Path, records: list[EpisodeRecord]) -> None:
     for i, r in enumerate(records):
         if r.index != i:
-            raise DatasetError(f"{root}: episode indices must be 0..N-1 without gaps; position {i} holds episode {r.index}")
+            raise DatasetError(
+                f"{root}: episode indices must be 0..N-1 without gaps; position {i} holds episode {r.index}"
+            )
         if r.length <= 0:
             raise DatasetError(f"{root}: episode {r.index} has length {r.length}")
 

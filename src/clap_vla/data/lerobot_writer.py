@@ -50,7 +50,11 @@ class LeRobotWriter:
         self.encoding = encoding or VideoEncoding()
         self.overwrite = overwrite
         self.feature_names = feature_names or {}
-        self.data_mb, self.video_mb, self.chunks_size = data_file_size_in_mb, video_file_size_in_mb, chunks_size
+        self.data_mb, self.video_mb, self.chunks_size = (
+            data_file_size_in_mb,
+            video_file_size_in_mb,
+            chunks_size,
+        )
         self._ctx = None
         self._tmp: Path | None = None
         self.features: dict[str, dict[str, Any]] | None = None
@@ -128,7 +132,9 @@ class LeRobotWriter:
                 raise DatasetError(f"episode {ep}, key {k!r}: non-finite value {v[tuple(bad)]} at frame {bad[0]}")
         for k, v in videos.items():
             if v.dtype != np.uint8 or v.ndim != 4 or v.shape[-1] != 3:
-                raise DatasetError(f"episode {ep}, key {k!r}: frames must be uint8 (T, h, w, 3), got {v.dtype} {v.shape}")
+                raise DatasetError(
+                    f"episode {ep}, key {k!r}: frames must be uint8 (T, h, w, 3), got {v.dtype} {v.shape}"
+                )
 
         if self.features is None:
             self.features = self._make_features(vectors, videos, subtasks is not None)
@@ -177,8 +183,12 @@ class LeRobotWriter:
                 raise DatasetError(f"feature {k!r}: {len(names)} names for {v.shape[1]} values")
             feats[k] = {"dtype": dtype, "shape": [int(v.shape[1])], "names": names}
         for k, v in videos.items():
-            feats[k] = {"dtype": "video", "shape": [int(v.shape[1]), int(v.shape[2]), 3],
-                        "names": ["height", "width", "channels"], "info": None}
+            feats[k] = {
+                "dtype": "video",
+                "shape": [int(v.shape[1]), int(v.shape[2]), 3],
+                "names": ["height", "width", "channels"],
+                "info": None,
+            }
         if subtask:
             feats[lf.SUBTASK_INDEX] = {"dtype": "int64", "shape": [1], "names": None}
         feats.update(json.loads(json.dumps(lf.DEFAULT_FEATURES)))
@@ -198,7 +208,9 @@ class LeRobotWriter:
                 raise DatasetError(f"episode {ep}, key {k!r}: shape {[v.shape[1]]} != {self.features[k]['shape']}")
         for k, v in videos.items():
             if list(v.shape[1:]) != self.features[k]["shape"]:
-                raise DatasetError(f"episode {ep}, key {k!r}: frame shape {list(v.shape[1:])} != {self.features[k]['shape']}")
+                raise DatasetError(
+                    f"episode {ep}, key {k!r}: frame shape {list(v.shape[1:])} != {self.features[k]['shape']}"
+                )
 
     # -- files -------------------------------------------------------------------------------
     def _write_data(self, columns: dict[str, np.ndarray]) -> dict[str, int]:
@@ -250,15 +262,22 @@ class LeRobotWriter:
         w.write(frames)
         pos = self._video_pos[key]
         return {
-            f"videos/{key}/chunk_index": pos[0], f"videos/{key}/file_index": pos[1],
-            f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + len(frames) / self.fps,
+            f"videos/{key}/chunk_index": pos[0],
+            f"videos/{key}/file_index": pos[1],
+            f"videos/{key}/from_timestamp": start,
+            f"videos/{key}/to_timestamp": start + len(frames) / self.fps,
         }
 
     def _describe_video(self, frames: np.ndarray) -> dict[str, Any]:
         return {
-            "video.height": int(frames.shape[1]), "video.width": int(frames.shape[2]),
-            "video.codec": CODEC_INFO_NAME[self.encoding.encoder], "video.pix_fmt": self.encoding.pix_fmt,
-            "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+            "video.height": int(frames.shape[1]),
+            "video.width": int(frames.shape[2]),
+            "video.codec": CODEC_INFO_NAME[self.encoding.encoder],
+            "video.pix_fmt": self.encoding.pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": self.fps,
+            "video.channels": 3,
+            "has_audio": False,
         }
 
     def _close_files(self) -> None:

@@ -75,7 +75,12 @@ class NormStats:
 
 
 def compute_norm_stats(
-    chunks: np.ndarray, valid: np.ndarray, layout: ArmLayout, *, relative: bool, horizon: int,
+    chunks: np.ndarray,
+    valid: np.ndarray,
+    layout: ArmLayout,
+    *,
+    relative: bool,
+    horizon: int,
     gripper_range: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> NormStats:
     """Stats from un-normalised chunks (N, H, A, D) (already relative when `relative`) and their
@@ -101,10 +106,18 @@ def compute_norm_stats(
         return np.asarray(x, dtype=np.float64).tolist()
 
     return NormStats(
-        arms=layout.arms, relative=relative, horizon=horizon, count=len(steps),
-        mean=tolist(steps.mean(0)), std=tolist(steps.std(0)), min=tolist(steps.min(0)),
-        max=tolist(steps.max(0)), q01=tolist(q01), q99=tolist(q99),
-        gripper_low=tolist(g_low), gripper_high=tolist(g_high),
+        arms=layout.arms,
+        relative=relative,
+        horizon=horizon,
+        count=len(steps),
+        mean=tolist(steps.mean(0)),
+        std=tolist(steps.std(0)),
+        min=tolist(steps.min(0)),
+        max=tolist(steps.max(0)),
+        q01=tolist(q01),
+        q99=tolist(q99),
+        gripper_low=tolist(g_low),
+        gripper_high=tolist(g_high),
     )
 
 

@@ -38,7 +38,10 @@ def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
     """frames: (N, h, w, 3) uint8 -> per-channel stats in [0, 1], each shaped (3, 1, 1)."""
     px = frames.reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0  # (N*h*w, 3)
     out = {
-        "min": px.min(0), "max": px.max(0), "mean": px.mean(0), "std": px.std(0),
+        "min": px.min(0),
+        "max": px.max(0),
+        "mean": px.mean(0),
+        "std": px.std(0),
     }
     for q, v in zip(QUANTILES, np.quantile(px, QUANTILES, axis=0), strict=True):
         out[_qname(q)] = v
@@ -60,7 +63,9 @@ def aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.nd
     out = {
         "min": np.min([s["min"] for s in per_episode], axis=0),
         "max": np.max([s["max"] for s in per_episode], axis=0),
-        "mean": mean, "std": np.sqrt(var), "count": np.array([int(counts.sum())]),
+        "mean": mean,
+        "std": np.sqrt(var),
+        "count": np.array([int(counts.sum())]),
     }
     for q in QUANTILES:
         out[_qname(q)] = wsum(_qname(q))
@@ -70,5 +75,8 @@ def aggregate_stats(per_episode: list[dict[str, np.ndarray]]) -> dict[str, np.nd
 def to_json(stats: dict[str, np.ndarray]) -> dict[str, list]:
     """Plain lists in LeRobot's stat order (count as ints)."""
     order = ["min", "max", "mean", "std", "count", *(_qname(q) for q in QUANTILES)]
-    return {k: (np.asarray(stats[k]).astype(np.int64) if k == "count" else np.asarray(stats[k], np.float64)).tolist()
-            for k in order if k in stats}
+    return {
+        k: (np.asarray(stats[k]).astype(np.int64) if k == "count" else np.asarray(stats[k], np.float64)).tolist()
+        for k in order
+        if k in stats
+    }

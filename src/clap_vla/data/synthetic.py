@@ -44,7 +44,11 @@ def _box(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, half: float) -> n
 
 
 def make_toy_episode(
-    rng: np.random.Generator, *, length: int = 60, arms: tuple[str, ...] = ("right",), size: int = 128,
+    rng: np.random.Generator,
+    *,
+    length: int = 60,
+    arms: tuple[str, ...] = ("right",),
+    size: int = 128,
     style: str = "robot",
 ) -> ToyEpisode:
     """One episode. Workspace x, y in [-1, 1] map to the image; z in [0, 0.5] scales the disc.

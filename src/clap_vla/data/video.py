@@ -106,8 +106,12 @@ def probe_video(path: str | Path) -> dict:
             n = s.frames or 0
             fps = float(s.average_rate) if s.average_rate else None
             return {
-                "codec": s.codec_context.name, "height": s.codec_context.height, "width": s.codec_context.width,
-                "pix_fmt": s.codec_context.pix_fmt, "fps": fps, "frames": n,
+                "codec": s.codec_context.name,
+                "height": s.codec_context.height,
+                "width": s.codec_context.width,
+                "pix_fmt": s.codec_context.pix_fmt,
+                "fps": fps,
+                "frames": n,
                 "duration_s": float(s.duration * s.time_base) if s.duration else None,
             }
     except (av.error.FFmpegError, IndexError) as e:
@@ -132,8 +136,13 @@ class VideoReader:
     def close(self) -> None:
         self._container.close()
 
-    def read(self, timestamps: np.ndarray | list[float], *, context: str = "",
-             tolerance_s: float = TIMESTAMP_TOLERANCE_S) -> np.ndarray:
+    def read(
+        self,
+        timestamps: np.ndarray | list[float],
+        *,
+        context: str = "",
+        tolerance_s: float = TIMESTAMP_TOLERANCE_S,
+    ) -> np.ndarray:
         """Frames at `timestamps` (seconds) -> (N, h, w, 3) uint8, in the order asked."""
         ts = np.asarray(timestamps, dtype=np.float64)
         where = f"{self.path}{' (' + context + ')' if context else ''}"

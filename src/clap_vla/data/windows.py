@@ -50,17 +50,25 @@ class WindowConfig:
 class WindowDataset(Dataset):
     """torch Dataset of `Window`s over one RobotDataset; use `collate_windows` to batch."""
 
-    def __init__(self, ds: RobotDataset | str | Path, config: WindowConfig | None = None,
-                 normalizer: ActionNormalizer | None = None):
+    def __init__(
+        self,
+        ds: RobotDataset | str | Path,
+        config: WindowConfig | None = None,
+        normalizer: ActionNormalizer | None = None,
+    ):
         self.ds = ds if isinstance(ds, RobotDataset) else RobotDataset(ds)
         self.cfg = config or WindowConfig()
         self.normalizer = normalizer
         H = self.cfg.horizon
-        self.cameras = list(self.ds.cameras) if self.cfg.cameras is None else [self.ds.camera_key(c) for c in self.cfg.cameras]
+        self.cameras = (
+            list(self.ds.cameras) if self.cfg.cameras is None else [self.ds.camera_key(c) for c in self.cfg.cameras]
+        )
         self.layout: ArmLayout | None = None
         if self.ds.has_action:
             where = f"{self.ds.root}: feature {lf.ACTION!r}"
-            self.layout = ArmLayout(self.cfg.arms) if self.cfg.arms else ArmLayout.for_dim(self.ds.dim(lf.ACTION), where)
+            self.layout = (
+                ArmLayout(self.cfg.arms) if self.cfg.arms else ArmLayout.for_dim(self.ds.dim(lf.ACTION), where)
+            )
             if self.layout.flat_dim != self.ds.dim(lf.ACTION):
                 raise ConfigError(f"{where}: {self.ds.dim(lf.ACTION)} values do not fit arms {self.layout.arms}")
             if self.ds.has_state and self.ds.dim(lf.STATE) != self.layout.flat_dim:
@@ -136,8 +144,14 @@ class WindowDataset(Dataset):
         )
 
 
-def fit_norm_stats(ds: RobotDataset, config: WindowConfig | None = None, *, relative: bool = True,
-                   max_windows: int = 20000, seed: int = 0) -> NormStats:
+def fit_norm_stats(
+    ds: RobotDataset,
+    config: WindowConfig | None = None,
+    *,
+    relative: bool = True,
+    max_windows: int = 20000,
+    seed: int = 0,
+) -> NormStats:
     """Normalisation stats of (chunk-relative) action chunks over up to `max_windows` windows."""
     from clap_vla.data.action_space import chunk_to_relative
 

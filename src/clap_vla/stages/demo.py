@@ -43,8 +43,9 @@ def run(cfg: DemoConfig) -> int:
     robot, clips, human, norm = out / "robot", out / "human_clips", out / "human", out / "norm"
 
     if _step(f"robot demonstrations -> {robot}", (robot / "meta/info.json").exists()):
-        write_toy_dataset(SynthConfig(out=robot, episodes=cfg.robot_episodes, length=cfg.length, size=cfg.size,
-                                      seed=cfg.seed))
+        write_toy_dataset(
+            SynthConfig(out=robot, episodes=cfg.robot_episodes, length=cfg.length, size=cfg.size, seed=cfg.seed)
+        )
 
     if _step(f"human video clips (plain mp4 files) -> {clips}", (clips / "instructions.json").exists()):
         rng = np.random.default_rng(cfg.seed + 1)
@@ -82,8 +83,14 @@ def run(cfg: DemoConfig) -> int:
     reader.close()
 
     def throughput(dataset: WindowDataset) -> float:
-        loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=2,
-                                             collate_fn=collate_windows, generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            num_workers=2,
+            collate_fn=collate_windows,
+            generator=torch.Generator().manual_seed(0),
+        )
         t, n = time.time(), 0
         for i, batch in enumerate(loader):
             n += len(batch)
@@ -101,14 +108,18 @@ def run(cfg: DemoConfig) -> int:
     hb = collate_windows([hwd[0]])
 
     report = {
-        "robot_dataset": str(robot), "human_dataset": str(human),
-        "robot_episodes": ds.num_episodes, "robot_frames": ds.num_frames,
+        "robot_dataset": str(robot),
+        "human_dataset": str(human),
+        "robot_episodes": ds.num_episodes,
+        "robot_frames": ds.num_frames,
         "human_episodes": RobotDataset(human).num_episodes,
         "human_clip_frames_at_30fps": clip_frames,
         "video_roundtrip_psnr_db": round(psnr, 2),
         "window_batch": {
-            "actions": list(batch.actions.shape), "frames": list(next(iter(batch.frames.values())).shape),
-            "actions_min": float(batch.actions.min()), "actions_max": float(batch.actions.max()),
+            "actions": list(batch.actions.shape),
+            "frames": list(next(iter(batch.frames.values())).shape),
+            "actions_min": float(batch.actions.min()),
+            "actions_max": float(batch.actions.max()),
             "valid_steps": int(batch.action_valid.sum()),
         },
         "human_window_has_action": bool(hb.has_action.any()),
