@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         result = _load(cmd.run)(config)
-    except ClapError as e:
+    except (ClapError, FileExistsError, FileNotFoundError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -36,7 +36,7 @@ def test_truncated_mp4_names_file_episode_and_key(ds_copy):
     with pytest.raises(DatasetError) as e:
         RobotDataset(root).frames(last, "main", [len(eps[last].frames) - 1])
     msg = str(e.value)
-    assert "file-000.mp4" in msg and ("episode" in msg or "truncated" in msg)
+    assert "file-000.mp4" in msg and f"episode {last}" in msg and "'observation.images.main'" in msg
     problems = validate(root, progress=False)
     assert problems and any("file-000.mp4" in p and "observation.images.main" in p for p in problems)
 

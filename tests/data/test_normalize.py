@@ -40,6 +40,7 @@ def test_normalize_range_and_roundtrip(tmp_path):
     x = norm.normalize(chunks, s0)
     assert x.dtype == np.float32 and x.shape == chunks.shape
     assert x.min() >= -1 and x.max() <= 1
+    assert (x[..., 0, :] == 0).all()  # the absent left arm stays zero-padded
     assert x[..., 1, 6].min() == pytest.approx(-1) and x[..., 1, 6].max() == pytest.approx(1)
     back = norm.unnormalize(x, s0)
     # Values inside [q01, q99] come back exactly (up to float32); outside they were clipped.

@@ -74,6 +74,15 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A crash between the two renames of a replacement leaves only `.<name>.old-*`: put it back.
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"))
+    if olds and not target.exists():
+        os.rename(olds[-1], target)
+        olds = olds[:-1]
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     for stale in stale_temp_dirs(target):  # leftovers of writers that were killed
         pid = stale.name.split(".tmp-")[-1].split("-")[0]
         if not pid.isdigit() or not _pid_alive(int(pid)):
@@ -84,13 +93,16 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
         yield tmp
         fsync_tree(tmp)
         if target.exists():
+            if not overwrite:  # appeared while we were writing: never clobber it
+                raise FileExistsError(f"{target} was created by someone else while writing; not replacing it")
             old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
             os.rename(target, old)
             os.rename(tmp, target)
+            _fsync_dir(target.parent)  # the new version is durable before the old one goes
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
-        _fsync_dir(target.parent)
+            _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

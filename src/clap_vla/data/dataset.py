@@ -44,6 +44,8 @@ class RobotDataset:
             if key not in self.info:
                 raise DatasetError(f"{self.root / lf.INFO_PATH}: missing key {key!r}")
         self.version = str(self.info["codebase_version"])
+        if float(self.info["fps"]) != int(self.info["fps"]):
+            raise DatasetError(f"{self.root / lf.INFO_PATH}: fps must be a whole number, got {self.info['fps']}")
         self.fps = int(self.info["fps"])
         self.features: dict[str, dict[str, Any]] = self.info["features"]
         for k, spec in self.features.items():
@@ -198,9 +200,10 @@ class RobotDataset:
         key = self.camera_key(camera)
         rec = self.episode(ep)
         idx = np.asarray(frame_indices, dtype=np.int64)
-        if idx.size and (idx.min() < 0 or idx.max() >= rec.length):
+        bad = idx[(idx < 0) | (idx >= rec.length)]
+        if bad.size:
             raise DatasetError(
-                f"{self.root}: episode {ep} has {rec.length} frames; requested frame {int(idx.max())} is out of range"
+                f"{self.root}: episode {ep} has {rec.length} frames; requested frame {int(bad[0])} is out of range"
             )
         cache = self._frame_cache(key)
         if cache is not None:
@@ -210,8 +213,16 @@ class RobotDataset:
             # are shared across processes. Drop the inherited pool (unused) and open our own.
             self._pool = ReaderPool(self._max_open, self._video_threads)
             self._pool_pid = os.getpid()
-        ts = rec.video_from_timestamp[key] + idx / self.fps
-        return self._pool.get(rec.video_files[key]).read(ts, context=f"episode {ep}, key {key!r}")
+        # LeRobot's query time: the episode's offset in the file plus the row's own timestamp.
+        ts = rec.video_from_timestamp[key] + self.episode_columns(ep, [lf.TIMESTAMP])[lf.TIMESTAMP][idx].astype(
+            np.float64
+        )
+        context = f"episode {ep}, key {key!r}"
+        try:
+            reader = self._pool.get(rec.video_files[key])
+        except DatasetError as e:
+            raise DatasetError(f"{e} ({context})") from e
+        return reader.read(ts, context=context)
 
     def attach_frame_cache(self, camera: str, path: Path) -> None:
         """Serve `camera` from a decoded-frame memmap (see clap_vla.data.frame_cache)."""

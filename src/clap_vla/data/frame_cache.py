@@ -59,6 +59,8 @@ def build_frame_cache(ds: RobotDataset, camera: str, cache_dir: Path | None = No
             reader = VideoReader(file)
             try:
                 for t, frame in reader.iter_frames():
+                    if t != t:  # no presentation time (NaN): cannot be placed
+                        continue
                     row = rows.pop(int(round(t * ds.fps)), None)
                     if row is not None:
                         out[row] = frame

@@ -250,12 +250,19 @@ def _load_v3(root: Path, info: dict[str, Any], video_keys: list[str]) -> tuple[l
 def _load_v2(root: Path, info: dict[str, Any], video_keys: list[str]) -> tuple[list[EpisodeRecord], list[str]]:
     task_rows = read_jsonl(root / LEGACY_TASKS_PATH)
     tasks = [""] * len(task_rows)
-    for r in task_rows:
-        tasks[int(r[TASK_INDEX])] = r["task"]
+    for n, r in enumerate(task_rows, 1):
+        try:
+            tasks[int(r[TASK_INDEX])] = r["task"]
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise DatasetError(f"{root / LEGACY_TASKS_PATH}:{n}: bad task row {r!r} ({e!r})") from e
     chunks_size = int(info.get("chunks_size", DEFAULT_CHUNK_SIZE))
     records: list[EpisodeRecord] = []
     start = 0
-    for r in sorted(read_jsonl(root / LEGACY_EPISODES_PATH), key=lambda r: r[EPISODE_INDEX]):
+    rows = read_jsonl(root / LEGACY_EPISODES_PATH)
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r, dict) or EPISODE_INDEX not in r or "length" not in r:
+            raise DatasetError(f"{root / LEGACY_EPISODES_PATH}:{n}: row needs 'episode_index' and 'length', got {r!r}")
+    for r in sorted(rows, key=lambda r: r[EPISODE_INDEX]):
         ep = int(r[EPISODE_INDEX])
         chunk = ep // chunks_size
         rec = EpisodeRecord(

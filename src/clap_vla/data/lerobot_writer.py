@@ -11,7 +11,6 @@ exception leaves the previous dataset (if any) untouched (clap_vla.data.atomic).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +134,20 @@ class LeRobotWriter:
                 raise DatasetError(
                     f"episode {ep}, key {k!r}: frames must be uint8 (T, h, w, 3), got {v.dtype} {v.shape}"
                 )
+            if self.encoding.pix_fmt == "yuv420p" and (v.shape[1] % 2 or v.shape[2] % 2):
+                raise DatasetError(
+                    f"episode {ep}, key {k!r}: yuv420p video needs even height and width, got {v.shape[1]}x{v.shape[2]}"
+                )
 
-        if self.features is None:
+        first = self.features is None
+        if first:
             self.features = self._make_features(vectors, videos, subtasks is not None)
-        self._check_matches_features(ep, vectors, videos, subtasks is not None)
+        try:
+            self._check_matches_features(ep, vectors, videos, subtasks is not None)
+        except DatasetError:
+            if first:
+                self.features = None
+            raise
 
         task_index = self._tasks.setdefault(task, len(self._tasks))
         columns: dict[str, np.ndarray] = dict(vectors)
@@ -206,6 +215,11 @@ class LeRobotWriter:
         for k, v in vectors.items():
             if [v.shape[1]] != self.features[k]["shape"]:
                 raise DatasetError(f"episode {ep}, key {k!r}: shape {[v.shape[1]]} != {self.features[k]['shape']}")
+            declared = np.dtype(self.features[k]["dtype"])
+            if not np.issubdtype(declared, np.floating) and np.issubdtype(v.dtype, np.floating):
+                raise DatasetError(
+                    f"episode {ep}, key {k!r}: float values for a feature stored as {declared} (fixed by episode 0)"
+                )
         for k, v in videos.items():
             if list(v.shape[1:]) != self.features[k]["shape"]:
                 raise DatasetError(
@@ -247,8 +261,8 @@ class LeRobotWriter:
         assert self._tmp is not None
         w = self._video.get(key)
         if w is not None and w.frame_count:
-            # The muxer writes lazily (the encoder buffers a look-ahead), so the file may be short or absent.
-            size = os.path.getsize(w.path) if w.path.exists() else 0
+            # Bytes of packets muxed so far (the encoder's look-ahead still holds the last frames).
+            size = w.bytes_written
             if size and size + size / w.frame_count * len(frames) >= self.video_mb * _MB:
                 w.close()
                 self._video_pos[key] = lf.next_chunk_file(*self._video_pos[key], self.chunks_size)

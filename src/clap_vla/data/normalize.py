@@ -66,11 +66,14 @@ class NormStats:
             path = path / NORM_STATS_FILE
         if not path.exists():
             raise FileNotFoundError(f"no normalisation stats at {path}")
-        d = json.loads(path.read_text())
-        d["arms"] = tuple(d["arms"])
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: invalid JSON ({e})") from e
         missing = [k for k in cls.__dataclass_fields__ if k not in d]
         if missing:
             raise ConfigError(f"{path}: missing keys {missing}")
+        d["arms"] = tuple(d["arms"])
         return cls(**d)
 
 
@@ -130,6 +133,7 @@ class ActionNormalizer:
         self.center = (q99 + q01) / 2  # (A, D)
         half = (q99 - q01) / 2
         self.half = np.where(half < _MIN_HALF_RANGE, 1.0, half)
+        self.absent = ~ArmLayout(tuple(stats.arms)).arm_mask  # (A,) slots this robot lacks
         self.g_low = stats.array("gripper_low")  # (A,)
         self.g_high = stats.array("gripper_high")
 
@@ -146,6 +150,7 @@ class ActionNormalizer:
             x = chunk_to_relative(x, state0)
         out = np.clip((x - self.center) / self.half, -1.0, 1.0)
         out[..., GRIPPER_INDEX] = self._gripper(x[..., GRIPPER_INDEX], inverse=False)
+        out[..., self.absent, :] = 0.0  # padded arms stay zero, as in action-free samples
         return out.astype(np.float32)
 
     def unnormalize(self, chunk: np.ndarray, state0: np.ndarray | None) -> np.ndarray:

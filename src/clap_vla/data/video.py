@@ -72,6 +72,7 @@ class VideoFileWriter:
         self._stream.pix_fmt = encoding.pix_fmt
         self._stream.time_base = Fraction(1, fps)
         self.frame_count = 0
+        self.bytes_written = 0  # muxed packet bytes; the file on disk lags behind the encoder
 
     def write(self, frames: np.ndarray) -> None:
         """frames: (N, h, w, 3) or (h, w, 3) uint8."""
@@ -88,6 +89,7 @@ class VideoFileWriter:
             frame.pts = self.frame_count
             frame.time_base = Fraction(1, self.fps)
             for packet in self._stream.encode(frame):
+                self.bytes_written += packet.size
                 self._container.mux(packet)
             self.frame_count += 1
 
@@ -150,7 +152,7 @@ class VideoReader:
             raise DatasetError(f"{where}: no timestamps requested")
         wanted = np.unique(ts)
         found: dict[int, np.ndarray] = {}
-        nearest = np.full(len(wanted), np.inf)
+        nearest = np.full(len(wanted), np.inf)  # per wanted time: distance to the closest decoded frame
         try:
             self._container.seek(int(wanted[0] / self._time_base), stream=self._stream, backward=True)
             for frame in self._container.decode(self._stream):
@@ -169,10 +171,11 @@ class VideoReader:
         except av.error.FFmpegError as e:
             raise DatasetError(f"{where}: video is corrupt or truncated ({e})") from e
         if len(found) != len(wanted):
-            missing = [float(wanted[i]) for i in range(len(wanted)) if i not in found]
+            miss = [i for i in range(len(wanted)) if i not in found]
+            missing = [round(float(wanted[i]), 4) for i in miss]
             raise DatasetError(
                 f"{where}: no frame within {tolerance_s}s of timestamps {missing[:5]} "
-                f"(closest decoded frame was {float(nearest.min()):.4f}s away); the video is truncated "
+                f"(closest decoded frame was {float(nearest[miss].min()):.4f}s away); the video is truncated "
                 f"or its timestamps disagree with the metadata"
             )
         index = np.searchsorted(wanted, ts)
