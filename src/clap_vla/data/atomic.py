@@ -71,8 +71,6 @@ def atomic_directory(target: str | Path, *, overwrite: bool = False) -> Iterator
     wasted and nothing already written is touched.
     """
     target = Path(target).absolute()
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     target.parent.mkdir(parents=True, exist_ok=True)
     # A crash between the two renames of a replacement leaves only `.<name>.old-*`: put it back.
     olds = sorted(target.parent.glob(f".{target.name}.old-*"))
