@@ -50,12 +50,17 @@ def test_normalised_windows_match_reference(toy):
     norm = ActionNormalizer(stats)
     wd = WindowDataset(root, cfg, norm)
     w = wd[5]
+    # Reference by hand from the saved stats: relative pose, then (x - c) / s clipped; gripper by its range.
     lay = ArmLayout(("right",))
-    ref = norm.normalize(lay.to_unified(eps[0].action[5:13]), lay.to_unified(eps[0].state[5]))
-    np.testing.assert_allclose(w.actions.numpy(), ref)
-    assert w.actions.abs().max() <= 1
-    rel = chunk_to_relative(lay.to_unified(eps[0].action[5:13]), lay.to_unified(eps[0].state[5]))
-    np.testing.assert_allclose(rel[..., 1, :3], eps[0].action[5:13, :3] - eps[0].state[5, :3], atol=1e-6)
+    rel = chunk_to_relative(lay.to_unified(eps[0].action[5:13]), lay.to_unified(eps[0].state[5]))[:, 1]
+    np.testing.assert_allclose(rel[:, :3], eps[0].action[5:13, :3] - eps[0].state[5, :3], atol=1e-6)
+    q01, q99 = stats.array("q01")[1], stats.array("q99")[1]
+    pose = np.clip((rel[:, :6] - (q99[:6] + q01[:6]) / 2) / ((q99[:6] - q01[:6]) / 2), -1, 1)
+    lo, hi = stats.gripper_low[1], stats.gripper_high[1]
+    grip = 2 * (eps[0].action[5:13, 6] - lo) / (hi - lo) - 1
+    np.testing.assert_allclose(w.actions[:, 1, :6].numpy(), pose, atol=1e-5)
+    np.testing.assert_allclose(w.actions[:, 1, 6].numpy(), grip, atol=1e-5)
+    assert (w.actions[:, 0] == 0).all()
     with pytest.raises(ConfigError, match="horizon 8, windows use 16"):
         WindowDataset(root, WindowConfig(horizon=16), norm)
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from clap_vla.data.rotations import euler_to_matrix, matrix_to_euler
 from clap_vla.errors import ConfigError
-from clap_vla.types import ARM_DIM, ARM_NAMES, GRIPPER_INDEX, NUM_ARMS
+from clap_vla.types import ARM_DIM, ARM_NAMES, NUM_ARMS
 
 
 @dataclass(frozen=True)
@@ -113,13 +113,3 @@ def gripper_to_unit(g: np.ndarray, low: float, high: float) -> np.ndarray:
 def gripper_from_unit(u: np.ndarray, low: float, high: float) -> np.ndarray:
     """[-1, 1] -> raw gripper range."""
     return (np.asarray(u, dtype=np.float64) + 1.0) * 0.5 * (high - low) + low
-
-
-__all__ = [
-    "GRIPPER_INDEX",
-    "ArmLayout",
-    "chunk_to_absolute",
-    "chunk_to_relative",
-    "gripper_from_unit",
-    "gripper_to_unit",
-]

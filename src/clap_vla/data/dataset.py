@@ -64,6 +64,7 @@ class RobotDataset:
         self._pool: ReaderPool | None = None
         self._pool_pid = os.getpid()
         self._data_cache: OrderedDict[Path, dict[str, np.ndarray]] = OrderedDict()
+        self._rows: dict[int, tuple[int, int]] = {}  # episode -> checked (start, stop) rows in its data file
         self._frame_caches: dict[str, np.ndarray] = {}
         self._frame_cache_paths: dict[str, Path] = {}
 
@@ -170,17 +171,25 @@ class RobotDataset:
         """Numeric columns of one episode: vectors as (T, n), scalar features as (T,)."""
         rec = self.episode(ep)
         data = self._load_data_file(rec.data_file)
-        index = data[lf.INDEX]
-        start = int(np.searchsorted(index, rec.from_index))
-        stop = start + rec.length
-        if stop > len(index) or index[start] != rec.from_index or index[stop - 1] != rec.from_index + rec.length - 1:
-            found = int(np.sum(data[lf.EPISODE_INDEX] == ep))
-            raise DatasetError(
-                f"{rec.data_file}: episode {ep} should have {rec.length} rows from index {rec.from_index}, "
-                f"but the file holds {found} rows of it"
-            )
-        if data[lf.EPISODE_INDEX][start] != ep or data[lf.EPISODE_INDEX][stop - 1] != ep:
-            raise DatasetError(f"{rec.data_file}: rows {start}:{stop} are not all episode {ep}")
+        rows = self._rows.get(ep)
+        if rows is None:  # locate and check the episode's rows once; every later sample reuses them
+            index = data[lf.INDEX]
+            start = int(np.searchsorted(index, rec.from_index))
+            stop = start + rec.length
+            if (
+                stop > len(index)
+                or index[start] != rec.from_index
+                or index[stop - 1] != rec.from_index + rec.length - 1
+            ):
+                found = int(np.sum(data[lf.EPISODE_INDEX] == ep))
+                raise DatasetError(
+                    f"{rec.data_file}: episode {ep} should have {rec.length} rows from index {rec.from_index}, "
+                    f"but the file holds {found} rows of it"
+                )
+            if data[lf.EPISODE_INDEX][start] != ep or data[lf.EPISODE_INDEX][stop - 1] != ep:
+                raise DatasetError(f"{rec.data_file}: rows {start}:{stop} are not all episode {ep}")
+            rows = self._rows[ep] = (start, stop)
+        start, stop = rows
         keys = keys if keys is not None else list(data)
         out = {}
         for k in keys:

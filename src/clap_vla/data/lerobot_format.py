@@ -80,8 +80,6 @@ def next_chunk_file(chunk_index: int, file_index: int, chunks_size: int) -> tupl
 def hf_feature(spec: dict[str, Any]) -> dict[str, Any]:
     """The `datasets` feature JSON that LeRobot stores in the data parquet schema metadata."""
     shape = list(spec["shape"])
-    if spec["dtype"] == "string":
-        return {"dtype": "string", "_type": "Value"}
     if shape == [1]:
         return {"dtype": spec["dtype"], "_type": "Value"}
     if len(shape) == 1:
@@ -90,9 +88,9 @@ def hf_feature(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def arrow_type(spec: dict[str, Any]) -> pa.DataType:
-    dt = pa.string() if spec["dtype"] == "string" else pa.from_numpy_dtype(np.dtype(spec["dtype"]))
-    shape = list(spec["shape"])
-    return dt if shape == [1] or spec["dtype"] == "string" else pa.list_(dt, shape[0])
+    """Scalars as plain columns, (n,) vectors as fixed-size lists (what `datasets` writes for them)."""
+    dt = pa.from_numpy_dtype(np.dtype(spec["dtype"]))
+    return dt if list(spec["shape"]) == [1] else pa.list_(dt, spec["shape"][0])
 
 
 def pandas_index_metadata(index_name: str, value_name: str) -> bytes:

@@ -171,7 +171,7 @@ class LeRobotWriter:
         for k, spec in self.features.items():
             if spec["dtype"] == "video":
                 stats[k] = image_stats(videos[k][sample_frame_indices(length)])
-            elif spec["dtype"] != "string":
+            else:
                 stats[k] = vector_stats(columns[k])
             self._ep_stats.setdefault(k, []).append(stats[k])
         for k, s in stats.items():

@@ -99,27 +99,6 @@ class VideoFileWriter:
         self._container.close()
 
 
-def probe_video(path: str | Path) -> dict:
-    """Codec, size, pixel format, fps and frame count of the first video stream."""
-    path = Path(path)
-    try:
-        with av.open(str(path)) as c:
-            s = c.streams.video[0]
-            n = s.frames or 0
-            fps = float(s.average_rate) if s.average_rate else None
-            return {
-                "codec": s.codec_context.name,
-                "height": s.codec_context.height,
-                "width": s.codec_context.width,
-                "pix_fmt": s.codec_context.pix_fmt,
-                "fps": fps,
-                "frames": n,
-                "duration_s": float(s.duration * s.time_base) if s.duration else None,
-            }
-    except (av.error.FFmpegError, IndexError) as e:
-        raise DatasetError(f"{path}: cannot read video ({e})") from e
-
-
 class VideoReader:
     """An open mp4 that decodes frames by timestamp. Not shareable across processes."""
 

@@ -104,15 +104,15 @@ def run(cfg: DemoConfig) -> int:
     wd = WindowDataset(ds, cfg_w, normalizer)
     sps_cache = throughput(wd)
     batch = collate_windows([wd[i] for i in range(min(cfg.batch_size, len(wd)))])
-    hwd = WindowDataset(RobotDataset(human), cfg_w)
-    hb = collate_windows([hwd[0]])
+    human_ds = RobotDataset(human)
+    hb = collate_windows([WindowDataset(human_ds, cfg_w)[0]])
 
     report = {
         "robot_dataset": str(robot),
         "human_dataset": str(human),
         "robot_episodes": ds.num_episodes,
         "robot_frames": ds.num_frames,
-        "human_episodes": RobotDataset(human).num_episodes,
+        "human_episodes": human_ds.num_episodes,
         "human_clip_frames_at_30fps": clip_frames,
         "video_roundtrip_psnr_db": round(psnr, 2),
         "window_batch": {
