@@ -65,6 +65,22 @@ COMMANDS = [
         "clap_vla.stages.data_norm_stats:run",
     ),
     Command(
+        "data",
+        "gen",
+        "Scripted-expert demonstrations from a simulator (metaworld, robosuite) as a LeRobot dataset",
+        "clap_vla.configs.sim:GenConfig",
+        "clap_vla.stages.data_gen:run",
+        "clap_vla.configs.sim:GEN_PRESETS",
+    ),
+    Command(
+        "eval",
+        "rollout",
+        "Closed-loop success of a policy in simulation (per task, mean, 95% Wilson interval)",
+        "clap_vla.configs.sim:RolloutConfig",
+        "clap_vla.stages.eval_rollout:run",
+        "clap_vla.configs.sim:ROLLOUT_PRESETS",
+    ),
+    Command(
         "demo",
         "",
         "The end-to-end job on embedded defaults (what `make demo` runs)",

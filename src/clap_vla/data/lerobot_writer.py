@@ -183,6 +183,14 @@ class LeRobotWriter:
         self._frames_total += length
         return ep
 
+    def write_file(self, relpath: str, data: bytes) -> None:
+        """Put an extra file into the dataset; it appears atomically with everything else."""
+        if self._tmp is None:
+            raise RuntimeError("use LeRobotWriter inside a `with` block")
+        path = self._tmp / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
     def _make_features(self, vectors: dict[str, np.ndarray], videos: dict[str, np.ndarray], subtask: bool):
         feats: dict[str, dict[str, Any]] = {}
         for k, v in vectors.items():

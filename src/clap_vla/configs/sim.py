@@ -1,0 +1,135 @@
+"""Configs of `clap data gen` (scripted demonstrations) and `clap eval rollout` (closed loop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+from clap_vla.errors import ConfigError
+
+Positional = tyro.conf.Positional
+EnvName = Literal["metaworld", "robosuite", "libero"]
+
+# Seed spaces (docs/simulation.md): a demonstration seed is below EVAL_SEED_BASE, an evaluation
+# seed at or above it, so no evaluation scene is ever a training scene.
+SEED_STRIDE = 1_000_000
+EVAL_SEED_BASE = 1_000_000_000
+HUMAN_SEED_OFFSET = 500_000  # human-domain episodes draw other scenes than robot episodes
+
+
+def _check_common(seed: int, workers: int, size: int) -> None:
+    if not 0 <= seed < 1000:
+        raise ConfigError(f"seed must be in 0..999 (it selects a block of {SEED_STRIDE} scene seeds), got {seed}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if size < 16 or size % 2:
+        raise ConfigError(f"size must be an even number >= 16, got {size}")
+
+
+@dataclass(frozen=True)
+class GenConfig:
+    """Scripted-expert demonstrations from a simulator, written as a LeRobot v3 dataset."""
+
+    env: Positional[EnvName]
+    """Simulator: metaworld (Sawyer, 50 tasks) or robosuite (two Panda arms, 14-D actions)."""
+    out: Path
+    """Dataset directory to create."""
+    tasks: str = "mt10"
+    """Comma-separated task names, or a task set (metaworld: mt10, mt50; robosuite: all)."""
+    episodes: int = 50
+    """Episodes per task."""
+    workers: int = 2
+    """Parallel simulator processes."""
+    domain: Literal["robot", "human"] = "robot"
+    """robot: images + actions + state. human: the arm hidden (a hand-like end effector), camera,
+    light and table changed, written WITHOUT actions; true actions go to an evaluation-only file."""
+    size: int = 128
+    """Image height and width."""
+    cameras: tuple[str, ...] = ()
+    """Cameras to record (default: the simulator's main camera)."""
+    seed: int = 0
+    """Seed block: episode k of a task uses scene seed seed*1e6 + k (+5e5 for the human domain)."""
+    keep_failures: bool = False
+    """Keep episodes where the expert failed (default: retry with the next seed)."""
+    max_steps: int | None = None
+    """Step budget per episode (default: the simulator's own)."""
+    codec: Literal["av1", "h264"] = "av1"
+    """Video codec."""
+    human_camera_jitter: float = 0.03
+    """Human domain: std-dev of the per-episode camera shift, metres (0 = off)."""
+    human_light_jitter: float = 0.3
+    """Human domain: relative range of the per-episode light change (0 = off)."""
+    human_table_tint: bool = True
+    """Human domain: recolour the table per episode."""
+    overwrite: bool = False
+    """Replace `out` if it exists."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.seed, self.workers, self.size)
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.domain == "human" and self.env != "metaworld":
+            raise ConfigError(f"domain=human is implemented for metaworld only, got env={self.env}")
+        if self.env == "libero":
+            raise ConfigError("libero ships no scripted experts: generate with metaworld or robosuite")
+        if self.human_camera_jitter < 0 or not 0 <= self.human_light_jitter < 1:
+            raise ConfigError("human_camera_jitter must be >= 0 and human_light_jitter in [0, 1)")
+
+
+GEN_PRESETS = {
+    "default": GenConfig(env="metaworld", out=Path("outputs/metaworld_mt10")),
+    "tiny": GenConfig(env="metaworld", out=Path("outputs/metaworld_tiny"), tasks="drawer-open", episodes=2, size=64),
+    "human": GenConfig(env="metaworld", out=Path("outputs/metaworld_mt10_human"), domain="human"),
+    "bimanual": GenConfig(env="robosuite", out=Path("outputs/robosuite_bimanual"), tasks="all"),
+}
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Closed-loop evaluation of a policy with the simulator's own success check."""
+
+    env: EnvName = "metaworld"
+    """Simulator."""
+    tasks: str = "mt10"
+    """Comma-separated task names or a task set (metaworld: mt10, mt50; libero: a suite name)."""
+    episodes: int = 10
+    """Episodes per task."""
+    policy: str = "expert"
+    """expert | random | noop | module.path:factory (a callable (env) -> object with infer(obs))."""
+    replan_every: int = 5
+    """Execute this many rows of each predicted chunk, then ask the policy again."""
+    workers: int = 2
+    """Parallel environment processes."""
+    seed: int = 0
+    """Seed block: episode k uses scene seed 1e9 + seed*1e6 + k (never a demonstration seed)."""
+    size: int = 128
+    """Image height and width of the observations."""
+    cameras: tuple[str, ...] = ()
+    """Cameras in the observation (default: the simulator's main camera)."""
+    max_steps: int | None = None
+    """Step budget per episode (default: the simulator's own)."""
+    out: Path | None = None
+    """JSON file for the results (default: print only)."""
+    video_episodes: int = 0
+    """Save an mp4 of the first N episodes of each task next to the JSON (or in outputs/rollout)."""
+
+    def __post_init__(self) -> None:
+        _check_common(self.seed, self.workers, self.size)
+        if self.episodes < 1:
+            raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.replan_every < 1:
+            raise ConfigError(f"replan_every must be >= 1, got {self.replan_every}")
+        if self.video_episodes < 0:
+            raise ConfigError(f"video_episodes must be >= 0, got {self.video_episodes}")
+
+
+ROLLOUT_PRESETS = {
+    "default": RolloutConfig(),
+    "tiny": RolloutConfig(tasks="drawer-open", episodes=2, workers=1, size=64),
+    "random": RolloutConfig(policy="random"),
+}

@@ -1,0 +1,255 @@
+"""Scripted demonstrations -> LeRobot v3 dataset (`clap data gen`).
+
+Each episode is one scene seed: reset, let the expert act until the simulator reports success (or
+the step budget ends), record per step the observation before the action, the state, the absolute
+action row and the expert's phase as subtask text. Episodes are generated in worker processes and
+written in a fixed order, so a run is reproducible: for every task the dataset holds the first
+`episodes` successful seeds of the seed block.
+
+The "human" domain renders the same kind of scenes with the robot arm hidden (only a hand-like end
+effector is drawn) and with camera, light and table changes; it writes no action or state columns.
+The true actions go to `EVAL_ONLY_true_actions.parquet` beside the dataset's meta/ folder, for
+measuring pseudo-label accuracy; no loader in clap-vla reads it for training.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from clap_vla.configs.sim import HUMAN_SEED_OFFSET, SEED_STRIDE, GenConfig
+from clap_vla.errors import ClapError
+from clap_vla.sim.base import IMAGES, STATE
+
+EVAL_ONLY_FILE = "EVAL_ONLY_true_actions.parquet"
+MAX_ATTEMPTS_FACTOR = 4  # give up on a task after episodes * 4 + 20 seeds
+
+
+@dataclass
+class Job:
+    env: str
+    task: str
+    seed: int
+    k: int  # position in the task's seed sequence
+    env_kwargs: dict
+    human: dict | None = None  # Appearance.sample_human kwargs for the human domain
+
+
+@dataclass
+class Demo:
+    task: str
+    seed: int
+    k: int
+    success: bool
+    instruction: str = ""
+    robot_type: str = ""
+    arms: tuple[str, ...] = ()
+    fps: int = 0
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # camera -> (T, h, w, 3)
+    state: np.ndarray | None = None  # (T, n*7)
+    action: np.ndarray | None = None  # (T, n*7)
+    subtasks: list[str] = field(default_factory=list)
+
+
+def demo_seed(cfg_seed: int, k: int, human: bool) -> int:
+    return cfg_seed * SEED_STRIDE + k + (HUMAN_SEED_OFFSET if human else 0)
+
+
+def run_demo(job: Job) -> Demo:
+    """One expert episode (runs in a worker process)."""
+    from clap_vla.sim.workers import cached_env
+
+    env = cached_env(job.env, job.task, **job.env_kwargs)
+    if job.human is not None:
+        from clap_vla.sim.metaworld import human_appearance
+
+        obs = env.reset(job.seed, appearance=human_appearance(job.seed, **job.human))
+    else:
+        obs = env.reset(job.seed)
+    expert = env.expert()
+    frames: dict[str, list[np.ndarray]] = {cam: [] for cam in obs[IMAGES]}
+    states, actions, subtasks = [], [], []
+    success = False
+    for _ in range(env.max_steps):
+        row = np.asarray(expert.infer(obs), dtype=np.float32)[0]
+        for cam, img in obs[IMAGES].items():
+            frames[cam].append(img)
+        states.append(obs[STATE])
+        actions.append(row)
+        subtasks.append(expert.subtask)
+        result = env.step(row)
+        obs = result.observation
+        if result.success:
+            success = True
+            break
+        if result.done:
+            break
+    return Demo(
+        task=job.task,
+        seed=job.seed,
+        k=job.k,
+        success=success,
+        instruction=env.instruction,
+        robot_type=env.robot_type,
+        arms=tuple(env.arms),
+        fps=env.fps,
+        images={cam: np.stack(v) for cam, v in frames.items()},
+        state=np.stack(states).astype(np.float32),
+        action=np.stack(actions).astype(np.float32),
+        subtasks=subtasks,
+    )
+
+
+def generate(cfg: GenConfig) -> dict:
+    """Write the dataset; return a summary (episodes, attempts and success rate per task)."""
+    from tqdm import tqdm
+
+    from clap_vla.data.lerobot_writer import LeRobotWriter
+    from clap_vla.data.video import VideoEncoding
+    from clap_vla.sim.registry import resolve_tasks
+    from clap_vla.sim.workers import ordered_imap
+    from clap_vla.types import ACTION_DIM_NAMES
+
+    tasks = resolve_tasks(cfg.env, cfg.tasks)
+    human = cfg.domain == "human"
+    env_kwargs: dict = {"size": cfg.size}
+    if cfg.cameras:
+        env_kwargs["cameras"] = tuple(cfg.cameras)
+    if cfg.max_steps is not None:
+        env_kwargs["max_steps"] = cfg.max_steps
+    human_kwargs = (
+        {
+            "camera_jitter": cfg.human_camera_jitter,
+            "light_jitter": cfg.human_light_jitter,
+            "table_tint": cfg.human_table_tint,
+        }
+        if human
+        else None
+    )
+    accepted = {t: 0 for t in tasks}
+    attempts = {t: 0 for t in tasks}
+    max_attempts = cfg.episodes * MAX_ATTEMPTS_FACTOR + 20
+
+    def jobs():
+        for task in tasks:
+            for k in itertools.count():
+                if accepted[task] >= cfg.episodes:
+                    break
+                if k >= max_attempts:
+                    raise ClapError(
+                        f"{cfg.env} task {task!r}: the expert succeeded in only {accepted[task]} of {k} "
+                        f"episodes; asked for {cfg.episodes} (use --keep-failures or fewer --episodes)"
+                    )
+                seed = demo_seed(cfg.seed, k, human)
+                yield Job(cfg.env, task, seed, k, env_kwargs, human_kwargs)
+
+    truth: list[dict] = []
+    writer: LeRobotWriter | None = None
+    bar = tqdm(total=len(tasks) * cfg.episodes, desc=f"{cfg.env} demos", unit="ep", disable=not cfg.progress)
+    try:
+        for demo in ordered_imap(run_demo, jobs(), cfg.workers):
+            if accepted[demo.task] >= cfg.episodes:
+                continue  # a look-ahead seed past what the task needed
+            attempts[demo.task] += 1
+            if not (demo.success or cfg.keep_failures):
+                continue
+            if writer is None:
+                names = [f"{arm}_{d}" for arm in demo.arms for d in ACTION_DIM_NAMES]
+                writer = LeRobotWriter(
+                    cfg.out,
+                    fps=demo.fps,
+                    robot_type="human" if human else demo.robot_type,
+                    encoding=VideoEncoding(codec=cfg.codec),
+                    overwrite=cfg.overwrite,
+                    feature_names={} if human else {"action": names, "observation.state": names},
+                ).__enter__()
+            ep = writer.add_episode(
+                task=demo.instruction,
+                images=demo.images,
+                action=None if human else demo.action,
+                state=None if human else demo.state,
+                subtasks=demo.subtasks,
+            )
+            if human:
+                truth.append(
+                    {
+                        "episode_index": ep,
+                        "task": demo.task,
+                        "seed": demo.seed,
+                        "action": demo.action,
+                        "state": demo.state,
+                    }
+                )
+            accepted[demo.task] += 1
+            bar.update(1)
+        if writer is None:
+            raise ClapError(f"no episode was kept for tasks {tasks}")
+        if human:
+            writer.write_file(EVAL_ONLY_FILE, _truth_parquet(truth))
+        writer.__exit__(None, None, None)
+    except BaseException as e:
+        if writer is not None:
+            writer.__exit__(type(e), e, e.__traceback__)
+        raise
+    finally:
+        bar.close()
+    return {
+        "out": str(cfg.out),
+        "episodes": {t: accepted[t] for t in tasks},
+        "attempts": {t: attempts[t] for t in tasks},
+        "expert_success_rate": {t: accepted[t] / max(attempts[t], 1) for t in tasks} if not cfg.keep_failures else None,
+    }
+
+
+def _truth_parquet(rows: list[dict]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, list] = {k: [] for k in ("episode_index", "frame_index", "task", "seed", "action", "state")}
+    for r in rows:
+        n = len(r["action"])
+        cols["episode_index"] += [r["episode_index"]] * n
+        cols["frame_index"] += list(range(n))
+        cols["task"] += [r["task"]] * n
+        cols["seed"] += [r["seed"]] * n
+        cols["action"] += list(r["action"])
+        cols["state"] += list(r["state"])
+    dim = len(cols["action"][0])
+    table = pa.table(
+        {
+            "episode_index": pa.array(cols["episode_index"], pa.int64()),
+            "frame_index": pa.array(cols["frame_index"], pa.int64()),
+            "task": pa.array(cols["task"], pa.string()),
+            "seed": pa.array(cols["seed"], pa.int64()),
+            "action": pa.array([np.asarray(a, np.float32) for a in cols["action"]], pa.list_(pa.float32(), dim)),
+            "state": pa.array([np.asarray(a, np.float32) for a in cols["state"]], pa.list_(pa.float32(), dim)),
+        },
+        metadata={b"clap_vla": b"evaluation only: true actions of action-free episodes; never train on these"},
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def load_true_actions(root: str | Path) -> dict[int, dict[str, np.ndarray]]:
+    """episode_index -> {"action": (T, n*7), "state": (T, n*7), "seed": int, "task": str} for an
+    action-free dataset generated by `clap data gen --domain human`. Evaluation only."""
+    import pyarrow.parquet as pq
+
+    path = Path(root) / EVAL_ONLY_FILE
+    if not path.exists():
+        raise ClapError(f"{path}: no evaluation-only true actions here (only `--domain human` datasets have them)")
+    t = pq.read_table(path).to_pydict()
+    out: dict[int, dict] = {}
+    for i, ep in enumerate(t["episode_index"]):
+        d = out.setdefault(ep, {"action": [], "state": [], "seed": t["seed"][i], "task": t["task"][i]})
+        d["action"].append(t["action"][i])
+        d["state"].append(t["state"][i])
+    for d in out.values():
+        d["action"] = np.asarray(d["action"], np.float32)
+        d["state"] = np.asarray(d["state"], np.float32)
+    return out
