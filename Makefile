@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-EXTRAS ?= dev,sim
+EXTRAS ?= dev,sim,libero
 STAMP  := $(VENV)/.setup-$(EXTRAS)
 APT_PACKAGES := libegl1 libosmesa6
 export MUJOCO_GL ?= egl
@@ -32,6 +32,8 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/bench_windows.py --out benchmarks/results/windows.json
+	$(PY) benchmarks/bench_sim.py --out benchmarks/results/sim.json
+	$(PY) benchmarks/bench_bimanual.py --out benchmarks/results/bimanual.json
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -5,6 +5,7 @@ Simulator tests are few and small (64x64 images, one task): rendering is softwar
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from clap_vla.configs.sim import EVAL_SEED_BASE, GenConfig, RolloutConfig
 from clap_vla.data import lerobot_format as lf
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.inspect import validate
+from clap_vla.data.video import VideoReader
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.sim import metaworld as mw
 from clap_vla.sim.generate import Job, demo_seed, generate, load_true_actions, run_demo
@@ -197,22 +199,46 @@ def test_human_domain_has_no_actions_and_eval_file_matches_frames(tmp_path: Path
         env.close()
 
 
-def test_harness_replay_succeeds_and_noop_fails(env):
+def test_harness_replay_succeeds_and_noop_fails(env, tmp_path: Path):
     seeds = [demo_seed(0, 0, False), demo_seed(0, 1, False)]
     recorded = {s: _expert_episode(env, s)[0] for s in seeds}
 
     def replay(e, seed):
         return ReplayPolicy(recorded[seed], replan_every=5)
 
-    cfg = RolloutConfig(tasks="drawer-open", workers=1, size=SIZE, replan_every=5)
+    out = tmp_path / "replay.json"
+    cfg = RolloutConfig(tasks="drawer-open", workers=1, size=SIZE, replan_every=5, out=out, video_episodes=1)
     res = evaluate(cfg, policy=replay, seeds=seeds)
     assert res["tasks"][TASK]["successes"] == 2 and res["mean_success_rate"] == 1.0
     for o in res["tasks"][TASK]["outcomes"]:
         assert o["steps"] == len(recorded[o["seed"]])
+    assert json.loads(out.read_text())["tasks"][TASK]["successes"] == 2
+    (video,) = (tmp_path / "replay_videos").glob("*.mp4")
+    assert video.name == f"{TASK}_seed{seeds[0]}_ok.mp4"
+    frames, _ = VideoReader(video).read_all()
+    assert len(frames) == len(recorded[seeds[0]]) + 1  # the first frame + one per step
 
     res = evaluate(replace(cfg, episodes=2, max_steps=60), policy="noop")
     assert res["mean_success_rate"] == 0.0 and res["episodes"] == 2
     assert all(o["seed"] >= EVAL_SEED_BASE and o["steps"] == 60 for o in res["tasks"][TASK]["outcomes"])
+
+
+def test_parallel_workers_give_the_same_results_as_one():
+    cfg = RolloutConfig(tasks="drawer-open,reach", workers=1, size=SIZE, max_steps=15, episodes=2, policy="random")
+    one, two = evaluate(cfg), evaluate(replace(cfg, workers=2))
+    assert one["tasks"] == two["tasks"]
+
+
+def test_cli_gen_and_rollout_tiny(tmp_path: Path):
+    from clap_vla.cli import main
+
+    assert main(["data", "gen", "--config", "tiny", "--out", str(tmp_path / "ds"), "--episodes", "1"]) == 0
+    assert RobotDataset(tmp_path / "ds").num_episodes == 1
+    out = tmp_path / "r.json"
+    args = ["eval", "rollout", "--config", "tiny", "--max-steps", "20", "--policy", "noop", "--out", str(out)]
+    assert main(args) == 0
+    assert json.loads(out.read_text())["episodes"] == 2
+    assert main(["eval", "rollout", "--config", "tiny", "--policy", "nosuch"]) != 0
 
 
 def test_harness_rejects_bad_chunks(env):

@@ -66,6 +66,9 @@ class SimEnv(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: `hold_action() -> (n*7,)`, the row that keeps the robot still (the `noop` policy uses
+    # it); `to_native(row)` / `from_native(command)`, the conversion to the simulator's command.
+
 
 class EnvModule(Protocol):
     """What each simulator module (metaworld.py, robosuite_bimanual.py, libero.py) exports."""

@@ -114,6 +114,8 @@ def generate(cfg: GenConfig) -> dict:
     from clap_vla.sim.workers import ordered_imap
     from clap_vla.types import ACTION_DIM_NAMES
 
+    if Path(cfg.out).exists() and not cfg.overwrite:
+        raise FileExistsError(f"{cfg.out} exists; pass --overwrite to replace it")
     tasks = resolve_tasks(cfg.env, cfg.tasks)
     human = cfg.domain == "human"
     env_kwargs: dict = {"size": cfg.size}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from clap_vla.errors import ClapError, ConfigError
@@ -21,13 +22,12 @@ def env_module(name: str) -> ModuleType:
     from clap_vla.sim.gl import ensure_gl
 
     ensure_gl()  # before anything imports mujoco; spawned workers inherit the choice
-    try:
-        importlib.import_module(package)
-    except ImportError as e:
+    # find_spec, not import: the simulator module imports its package itself (some need set-up first).
+    if importlib.util.find_spec(package) is None:
         raise ClapError(
-            f"simulator {name!r} needs the Python package {package!r} ({e}); install it with "
+            f"simulator {name!r} needs the Python package {package!r}, which is not installed; install it with "
             f"`pip install -e '.[{extra}]'` or `make setup EXTRAS=dev,{extra}`"
-        ) from e
+        )
     return importlib.import_module(module)
 
 
