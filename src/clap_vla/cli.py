@@ -73,6 +73,14 @@ COMMANDS = [
         "clap_vla.configs.sim:GEN_PRESETS",
     ),
     Command(
+        "train",
+        "act-vae",
+        "Train the Act-VAE action tokenizer on robot datasets' action chunks",
+        "clap_vla.configs.act_vae:ActVAETrainConfig",
+        "clap_vla.stages.train_act_vae:run",
+        "clap_vla.configs.act_vae:ACT_VAE_TRAIN_PRESETS",
+    ),
+    Command(
         "eval",
         "rollout",
         "Closed-loop success of a policy in simulation (per task, mean, 95% Wilson interval)",

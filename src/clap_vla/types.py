@@ -105,3 +105,15 @@ def collate_windows(samples: list[Window]) -> WindowBatch:
         state=state,
         dataset=[s.dataset for s in samples],
     )
+
+
+@dataclass
+class ChunkBatch:
+    """Normalised action chunks only (what the Act-VAE trains on): no frames, no text."""
+
+    actions: torch.Tensor  # (B, H, A, D) float32, chunk-relative and normalised to [-1, 1]
+    action_valid: torch.Tensor  # (B, H) bool: False past the episode end
+    arm_mask: torch.Tensor  # (B, A) bool: arms the robot has
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])

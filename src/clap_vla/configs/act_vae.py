@@ -1,0 +1,93 @@
+"""Configs of `clap train act-vae`, `clap eval act-vae` and `clap eval rate-distortion`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clap_vla.errors import ConfigError
+from clap_vla.models.act_vae import ACT_VAE_PRESETS, ActVAEConfig
+from clap_vla.train.loop import TrainConfig
+
+# Paper Table IX: VAE lr 2e-5, codebook lr 1e-3 (x50), warmup 1000; the reference facts add
+# AdamW weight decay 1e-2 (not on the codebook), cosine to 0.1x, grad clip 1.0.
+CODEBOOK_LR = (("codebook", 50.0),)
+
+
+@dataclass(frozen=True)
+class ActVAETrainConfig:
+    """Train an Act-VAE on the action chunks of one or more robot datasets."""
+
+    data: tuple[Path, ...] = ()
+    """Robot datasets (LeRobot v3/v2.1); single- and dual-arm may mix."""
+    out: Path = Path("outputs/act_vae")
+    """Artifact directory (config.json, model.safetensors, norm_stats/, meta.json, metrics)."""
+    model: ActVAEConfig = field(default_factory=lambda: ACT_VAE_PRESETS["act_vae_small"])
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=20000, batch_size=256, lr=5e-4, warmup_steps=500, lr_multipliers=CODEBOOK_LR, log_every=100
+        )
+    )
+    holdout_every: int = 10
+    """Every n-th episode of each dataset is held out for evaluation."""
+    eval_batch_size: int = 1024
+    resume: bool = False
+    """Continue the run in `out` from its last checkpoint, on the same schedule."""
+
+    def __post_init__(self) -> None:
+        if self.holdout_every < 2:
+            raise ConfigError(f"holdout_every must be >= 2, got {self.holdout_every}")
+
+
+def _train(**kw) -> TrainConfig:
+    return TrainConfig(lr_multipliers=CODEBOOK_LR, **kw)
+
+
+ACT_VAE_TRAIN_PRESETS = {
+    "default": ActVAETrainConfig(),
+    "act_vae_small": ActVAETrainConfig(),
+    "act_vae_paper": ActVAETrainConfig(
+        model=ACT_VAE_PRESETS["act_vae_paper"],
+        train=_train(
+            steps=100_000,
+            batch_size=4096,
+            lr=2e-5,
+            warmup_steps=1000,
+            log_every=100,
+            eval_every=5000,
+            checkpoint_every=5000,
+        ),
+    ),
+    "act_vae_tiny": ActVAETrainConfig(
+        out=Path("outputs/act_vae_tiny"),
+        model=ACT_VAE_PRESETS["act_vae_tiny"],
+        train=_train(
+            steps=60, batch_size=32, lr=2e-3, warmup_steps=5, log_every=10, eval_every=30, checkpoint_every=30
+        ),
+        eval_batch_size=256,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ActVAEEvalConfig:
+    """Reconstruction quality of a trained Act-VAE on a dataset's chunks."""
+
+    act_vae: Path
+    """Act-VAE artifact directory."""
+    data: Path
+    """Robot dataset to evaluate on (uses the artifact's norm stats when it trained on it)."""
+    out: Path | None = None
+    """Directory for eval.json and plots (default: <act_vae>/eval/<dataset name>)."""
+    split: str = "heldout"
+    """heldout (episodes the training held out), train, or all."""
+    plots: int = 4
+    """Reconstruction plots of this many chunks."""
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.split not in ("heldout", "train", "all"):
+            raise ConfigError(f"split must be heldout, train or all, got {self.split!r}")
+
+
+__all__ = ["ACT_VAE_TRAIN_PRESETS", "ActVAEEvalConfig", "ActVAETrainConfig"]

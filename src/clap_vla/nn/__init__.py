@@ -1,0 +1,1 @@
+"""Reusable layers, one concept per file (quantizer, attention, transformer, frame encoders, ...)."""

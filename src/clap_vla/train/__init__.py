@@ -1,0 +1,2 @@
+"""The one training loop every stage uses (`fit`), with its optimiser, schedule, checkpoints,
+metrics and torch.distributed plumbing."""

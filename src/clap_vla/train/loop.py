@@ -1,0 +1,275 @@
+"""The training loop: `fit(model, data, cfg, run_dir)`.
+
+Contract:
+  - `model.compute_loss(batch) -> (loss, metrics)`; metrics are scalar tensors, read at log time.
+  - `data.batch(step, rank, world_size) -> batch`: the batch of a step is a pure function of the
+    step (and rank), so a resumed run sees exactly the batches the killed one would have.
+  - Optional `model.after_step(step, info)` runs after each optimiser step (e.g. dead-code restart).
+  - Optional `evaluate(model) -> dict[str, float]` runs on rank 0 every `eval_every` steps and at
+    the end, with the EMA weights when EMA is on.
+
+Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU); each
+rank draws its own slice of every global batch; rank 0 writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+
+from clap_vla.errors import ClapError, ConfigError
+from clap_vla.train import checkpoint as ck
+from clap_vla.train.distributed import DistInfo, all_reduce_mean, barrier, setup
+from clap_vla.train.metrics import MetricsWriter
+from clap_vla.train.optim import build_optimizer, lr_factor, set_lr
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 20000
+    """Optimiser steps."""
+    batch_size: int = 256
+    """Global batch size (split evenly over ranks)."""
+    lr: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not on biases, norms, embeddings, codebooks)."""
+    warmup_steps: int = 1000
+    """Linear warmup steps."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at this fraction of the peak."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
+    """(name substring, factor): e.g. (("codebook", 50.0),) for the Act-VAE's codebook."""
+    ema_decay: float = 0.0
+    """EMA of the weights (0 = off); the artifact then holds the EMA weights."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16 autocast for the forward pass (quantisation and losses stay fp32)."""
+    log_every: int = 50
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(
+                f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, {self.warmup_steps}, "
+                f"{self.min_lr_ratio}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+class BatchSource(Protocol):
+    def batch(self, step: int, rank: int, world_size: int) -> Any: ...
+
+
+class _LossModule(nn.Module):
+    """DDP syncs gradients of what runs inside its forward: route compute_loss through one."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.compute_loss(batch)
+
+
+def to_device(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_device(v, device) for v in x)
+    if hasattr(x, "__dataclass_fields__"):
+        return type(x)(**{k: to_device(getattr(x, k), device) for k in x.__dataclass_fields__})
+    return x
+
+
+def fit(
+    model: nn.Module,
+    data: BatchSource,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+    stage_config: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    dist_info: DistInfo | None = None,
+) -> dict[str, Any]:
+    """Train; return {"step", "train": last logged metrics, "eval": last eval metrics}."""
+    run_dir = Path(run_dir)
+    info = dist_info or setup(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(info.device)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lr_multipliers)
+    full_config = {"train": asdict(cfg), **(stage_config or {})}
+
+    start, ema = 0, None
+    has_ckpt = (run_dir / ck.CHECKPOINT / ck.STATE).exists()
+    if has_ckpt and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a training run; pass --resume to continue it or pick a new --out"
+        )
+    if has_ckpt:
+        _check_same_config(run_dir, full_config)
+        start, ema, _ = ck.load_checkpoint(run_dir, model, optimizer)
+        model.to(info.device)
+        if ema is not None:
+            ema = {k: v.to(info.device) for k, v in ema.items()}
+        if start >= cfg.steps:
+            if info.is_main:
+                print(f"{run_dir}: already trained for {start} steps")
+            return {"step": start, "train": {}, "eval": ck.read_json(run_dir / ck.META).get("eval", {})}
+    elif info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ck.write_json(run_dir / ck.CONFIG, full_config)
+    if ema is None and cfg.ema_decay > 0:
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    writer = MetricsWriter(run_dir, enabled=info.is_main)
+    if has_ckpt:
+        writer.truncate_after(start)
+    net: nn.Module = _LossModule(model)
+    if info.enabled:
+        # broadcast_buffers=False: per-rank buffers (e.g. codebook usage counts) stay per rank.
+        device_ids = [info.device.index] if info.device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids, broadcast_buffers=False)
+    autocast = (
+        torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
+    meta = dict(meta or {})
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    bar = None
+    if cfg.progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run_dir.name}", unit="step")
+    sums: dict[str, torch.Tensor] = {}
+    count, t0 = 0, time.perf_counter()
+    model.train()
+    for step in range(start, cfg.steps):
+        batch = to_device(data.batch(step, info.rank, info.world_size), info.device)
+        lr = set_lr(optimizer, cfg.lr, lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+        with autocast:
+            loss, metrics = net(batch)
+        if not torch.isfinite(loss):
+            raise ClapError(
+                f"step {step}: loss is {loss.item()} ({ {k: float(v) for k, v in metrics.items()} }); "
+                f"nothing from this step was saved — lower the lr or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip > 0
+            else torch.tensor(0.0)
+        )
+        optimizer.step()
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    if k in ema:
+                        ema[k].lerp_(v, 1 - cfg.ema_decay)
+        if hasattr(model, "after_step"):
+            extra = model.after_step(step, info)
+            if extra:
+                metrics = {**metrics, **extra}
+        for k, v in {"loss": loss, **metrics, "grad_norm": grad_norm}.items():
+            v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            sums[k] = sums[k] + v if k in sums else v  # read with .item() only at log time
+        count += 1
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - t0
+            avg = all_reduce_mean({k: float(v) / count for k, v in sums.items()}, info)
+            avg.update(lr=lr, steps_per_s=count / elapsed, samples_per_s=count * cfg.batch_size / elapsed)
+            writer.write(done, avg)
+            last_train = avg
+            if bar is not None:
+                bar.set_postfix(loss=f"{avg['loss']:.4g}")
+            sums, count, t0 = {}, 0, time.perf_counter()
+        if bar is not None:
+            bar.update(1)
+        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            last_eval = _run_eval(model, ema, evaluate, info)
+            if info.is_main:
+                writer.write(done, last_eval, prefix="eval")
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if info.is_main:
+                ck.save_checkpoint(run_dir, model, optimizer, done, ema)
+                weights = ema if ema is not None else model.state_dict()
+                ck.save_weights(run_dir / ck.MODEL, {**model.state_dict(), **(weights or {})})
+                meta.update(step=done, code_version=ck.code_version(), train=last_train, eval=last_eval)
+                ck.write_json(run_dir / ck.META, meta)
+            barrier()
+    if bar is not None:
+        bar.close()
+    writer.close()
+    return {"step": cfg.steps, "train": last_train, "eval": last_eval}
+
+
+def _run_eval(model, ema, evaluate, info) -> dict[str, float]:
+    if not info.is_main:
+        barrier()
+        return {}
+    backup = None
+    if ema is not None:
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict({**backup, **ema})
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = {k: float(v) for k, v in evaluate(model).items()}
+    finally:
+        if backup is not None:
+            model.load_state_dict(backup)
+        model.train()
+    barrier()
+    return out
+
+
+def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
+    import json
+
+    saved = ck.read_json(run_dir / ck.CONFIG)
+    now = json.loads(json.dumps(full_config, default=str))
+    ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite"}
+    diffs = []
+    for section in set(saved) | set(now):
+        a, b = saved.get(section, {}), now.get(section, {})
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                diffs.append(f"{section}: {a!r} -> {b!r}")
+            continue
+        for k in set(a) | set(b):
+            if k not in ignore and a.get(k) != b.get(k):
+                diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    if diffs:
+        raise ConfigError(
+            f"{run_dir}: --resume with a different config than the run was started with: {'; '.join(sorted(diffs))}"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["BatchSource", "TrainConfig", "count_parameters", "fit"]

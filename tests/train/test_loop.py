@@ -1,0 +1,221 @@
+"""The training loop: schedule, parameter groups, exact resume, config checks, NaN guard, EMA,
+bf16, DDP on gloo, and the `clap train act-vae` stage end to end."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from clap_vla.data.chunks import ChunkSource, ChunkTensors
+from clap_vla.errors import ClapError, ConfigError
+from clap_vla.models.act_vae import ACT_VAE_PRESETS, ActVAE
+from clap_vla.train import checkpoint as ck
+from clap_vla.train.loop import TrainConfig, fit
+from clap_vla.train.optim import build_optimizer, lr_factor, param_groups
+
+CFG = ACT_VAE_PRESETS["act_vae_tiny"]
+
+
+def _chunks(n=64, seed=0) -> ChunkTensors:
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, CFG.horizon)[None, :, None, None]
+    a = torch.tanh(torch.randn(n, 1, 2, 7, generator=g) * t * 2)
+    mask = torch.ones(n, 2, dtype=torch.bool)
+    mask[::3, 0] = False
+    return ChunkTensors(
+        a * mask[:, None, :, None], torch.ones(n, CFG.horizon, dtype=torch.bool), mask, torch.zeros(n, dtype=torch.long)
+    )
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(
+        steps=4,
+        batch_size=16,
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        eval_every=2,
+        checkpoint_every=2,
+        progress=False,
+        lr_multipliers=(("codebook", 50.0),),
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _model(seed=0) -> ActVAE:
+    torch.manual_seed(seed)
+    return ActVAE(CFG)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt:
+    """A batch source whose process 'dies' when asked for step `at`."""
+
+    def __init__(self, src, at):
+        self.src, self.at = src, at
+
+    def batch(self, step, rank, world):
+        if step == self.at:
+            raise Killed
+        return self.src.batch(step, rank, world)
+
+
+def test_schedule_warmup_then_cosine():
+    f = [lr_factor(s, warmup=10, total=110, min_ratio=0.1) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert f[10] == pytest.approx(1.0) and f[60] == pytest.approx(0.55) and f[-1] > 0.1
+    assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
+
+
+def test_param_groups_codebook_lr_and_no_decay():
+    m = _model()
+    groups = param_groups(m, lr=1e-3, weight_decay=0.01, lr_multipliers=(("codebook", 50.0),))
+    by_name = {n: g for g in groups for n in g["names"]}
+    cb = by_name["quantizer.codebook"]
+    assert cb["lr"] == pytest.approx(5e-2) and cb["weight_decay"] == 0.0
+    assert by_name["step_in.weight"]["weight_decay"] == 0.01 and by_name["step_in.bias"]["weight_decay"] == 0.0
+    assert by_name["encoder.blocks.0.norm1.weight"]["weight_decay"] == 0.0
+    assert by_name["register_tokens"]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    opt = build_optimizer(m, 1e-3, 0.01, (("codebook", 50.0),))
+    assert {g["lr_mult"] for g in opt.param_groups} == {1.0, 50.0}
+
+
+def test_two_steps_then_resume_equals_four_straight(tmp_path: Path):
+    src = ChunkSource(_chunks(), batch_size=16, seed=3)
+    straight = fit(_model(), src, _cfg(), tmp_path / "a")
+    with pytest.raises(Killed):
+        fit(_model(), KillAt(src, 2), _cfg(), tmp_path / "b")
+    assert json.loads((tmp_path / "b" / ck.CHECKPOINT / ck.STATE).read_text())["step"] == 2
+    resumed = fit(_model(seed=99), src, _cfg(), tmp_path / "b", resume=True)  # weights come from the checkpoint
+    wa, wb = ck.load_weights(tmp_path / "a" / ck.MODEL), ck.load_weights(tmp_path / "b" / ck.MODEL)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+    assert resumed["train"]["loss"] == pytest.approx(straight["train"]["loss"], abs=1e-6)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4]  # nothing logged twice across the resume
+    meta = json.loads((tmp_path / "b" / ck.META).read_text())
+    assert meta["step"] == 4 and "code_version" in meta
+
+
+def test_resume_refuses_a_different_config_and_a_fresh_run_refuses_an_existing_dir(tmp_path: Path):
+    src = ChunkSource(_chunks(), batch_size=16)
+    fit(_model(), src, _cfg(steps=2), tmp_path / "r")
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(_model(), src, _cfg(steps=2), tmp_path / "r")
+    with pytest.raises(ConfigError, match=r"train.lr: 0.001 -> 0.002"):
+        fit(_model(), src, _cfg(steps=2, lr=2e-3), tmp_path / "r", resume=True)
+
+
+def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path: Path):
+    bad = _chunks()
+    bad.actions[:] = float("nan")
+
+    class Src:
+        def batch(self, step, rank, world):
+            return ChunkSource(_chunks(), 16).batch(step) if step < 2 else ChunkSource(bad, 16).batch(step)
+
+    with pytest.raises(ValueError, match="non-finite"):
+        fit(_model(), Src(), _cfg(), tmp_path / "n")
+    assert json.loads((tmp_path / "n" / ck.CHECKPOINT / ck.STATE).read_text())["step"] == 2
+
+
+def test_nan_loss_is_a_clear_error(tmp_path: Path):
+    class Exploding(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def compute_loss(self, batch):
+            return (self.w * float("inf")).sum() * 0, {}
+
+    with pytest.raises(ClapError, match="step 0: loss is nan"):
+        fit(Exploding(), ChunkSource(_chunks(), 16), _cfg(), tmp_path / "e")
+    assert not (tmp_path / "e" / ck.CHECKPOINT).exists()
+
+
+def test_ema_weights_go_into_the_artifact_and_bf16_trains(tmp_path: Path):
+    src = ChunkSource(_chunks(), batch_size=16)
+    m = _model()
+    fit(m, src, _cfg(ema_decay=0.5, precision="bf16"), tmp_path / "ema")
+    art = ck.load_weights(tmp_path / "ema" / ck.MODEL)
+    raw = ck.load_weights(tmp_path / "ema" / ck.CHECKPOINT / ck.MODEL)
+    ema = ck.load_weights(tmp_path / "ema" / ck.CHECKPOINT / ck.EMA)
+    assert torch.equal(art["step_in.weight"], ema["step_in.weight"])
+    assert not torch.equal(art["step_in.weight"], raw["step_in.weight"])
+    assert torch.isfinite(art["step_in.weight"]).all()
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    m = _model()
+    fit(m, ChunkSource(_chunks(), batch_size=16), _cfg(steps=3, checkpoint_every=3), Path(out))
+    torch.save(m.state_dict(), Path(out).parent / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_ranks_on_gloo_stay_in_sync(tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "run")), nprocs=2, join=True)
+    s0, s1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in s0:
+        if k.endswith("usage_counts"):
+            continue  # per-rank by design
+        assert torch.equal(s0[k], s1[k]), k
+    assert (tmp_path / "run" / ck.MODEL).exists() and (tmp_path / "run" / ck.META).exists()
+
+
+def test_stage_trains_an_artifact_from_datasets(tmp_path: Path):
+    from clap_vla.cli import main
+    from conftest import write_toy
+
+    write_toy(tmp_path / "one", n=10, length=20, size=32)
+    write_toy(tmp_path / "two", n=10, length=20, size=32, arms=("left", "right"), seed=1)
+    out = tmp_path / "av"
+    args = [
+        "train",
+        "act-vae",
+        "--config",
+        "act_vae_tiny",
+        "--data",
+        str(tmp_path / "one"),
+        str(tmp_path / "two"),
+        "--out",
+        str(out),
+        "--train.steps",
+        "4",
+        "--train.no-progress",
+    ]
+    assert main(args) == 0
+    meta = json.loads((out / ck.META).read_text())
+    assert meta["step"] == 4 and len(meta["norm_stats"]) == 2 and meta["chunks"]["heldout"] > 0
+    for entry in meta["norm_stats"]:
+        assert (out / entry["norm_stats"]).exists()
+    cfg = json.loads((out / ck.CONFIG).read_text())
+    assert cfg["model"]["codes_per_arm"] == CFG.codes_per_arm and cfg["train"]["steps"] == 4
+    assert "psnr" in meta["eval"] and 0 < meta["eval"]["usage"] <= 1
+    assert main(args) != 0  # the run exists: refuses without --resume
+    assert main([*args, "--resume"]) == 0  # already done: returns at once
+
+
+def test_train_config_validation():
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        replace(TrainConfig(), ema_decay=1.0)
