@@ -82,6 +82,21 @@ COMMANDS = [
     ),
     Command(
         "eval",
+        "act-vae",
+        "Act-VAE reconstruction on a dataset: per-dimension MSE, PSNR, rate, codebook usage, plots",
+        "clap_vla.configs.act_vae:ActVAEEvalConfig",
+        "clap_vla.stages.eval_act_vae:run",
+    ),
+    Command(
+        "eval",
+        "rate-distortion",
+        "Train one Act-VAE per (Nq, K) grid point; PSNR-vs-rate table (paper Table V) and plot",
+        "clap_vla.configs.act_vae:RateDistortionConfig",
+        "clap_vla.stages.eval_rate_distortion:run",
+        "clap_vla.configs.act_vae:RATE_DISTORTION_PRESETS",
+    ),
+    Command(
+        "eval",
         "rollout",
         "Closed-loop success of a policy in simulation (per task, mean, 95% Wilson interval)",
         "clap_vla.configs.sim:RolloutConfig",
@@ -99,7 +114,7 @@ COMMANDS = [
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
 PLANNED = {
-    "train": "act-vae, vd-vae, ntp, post",
+    "train": "vd-vae, ntp, post",
     "label": "video pseudo action tokens with a trained VD-VAE",
     "eval": "act-vae, rate-distortion, vd-vae, rollout, latency",
     "serve": "websocket policy server",

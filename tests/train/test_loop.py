@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -219,3 +220,45 @@ def test_train_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="ema_decay"):
         replace(TrainConfig(), ema_decay=1.0)
+
+
+def test_eval_stage_and_rate_distortion_study(tmp_path: Path):
+    from clap_vla.cli import main
+    from clap_vla.stages.eval_rate_distortion import elbow
+    from conftest import write_toy
+
+    write_toy(tmp_path / "ds", n=10, length=20, size=32)
+    out = tmp_path / "av"
+    base = ["--data", str(tmp_path / "ds"), "--train.steps", "3", "--train.no-progress"]
+    assert main(["train", "act-vae", "--config", "act_vae_tiny", "--out", str(out), *base]) == 0
+    assert main(["eval", "act-vae", "--act-vae", str(out), "--data", str(tmp_path / "ds"), "--plots", "2"]) == 0
+    ev = json.loads((out / "eval" / "ds" / "eval.json").read_text())
+    assert ev["dataset_seen_in_training"] and ev["split"] == "heldout" and ev["chunks"] > 0
+    assert ev["psnr"] == pytest.approx(20 * math.log10(2 / math.sqrt(ev["mse"])))
+    assert set(f"mse_{d}" for d in ("x", "y", "z", "roll", "pitch", "yaw", "gripper")) <= set(ev)
+    assert (out / "eval" / "ds" / "reconstructions.png").stat().st_size > 1000
+
+    rd = tmp_path / "rd"
+    args = [
+        "eval",
+        "rate-distortion",
+        "--config",
+        "tiny",
+        "--out",
+        str(rd),
+        "--data",
+        str(tmp_path / "ds"),
+        "--base.train.steps",
+        "2",
+        "--base.train.no-progress",
+    ]
+    assert main(args) == 0
+    table = json.loads((rd / "table.json").read_text())
+    assert [(r["Nq"], r["K"]) for r in table["rows"]] == [(2, 16), (4, 16), (4, 64)]
+    assert sum(r["elbow"] for r in table["rows"]) == 1
+    assert (rd / "table.md").read_text().count("\n") == 5 and (rd / "plot.png").exists()
+    mtime = (rd / "nq2_k16" / ck.MODEL).stat().st_mtime
+    assert main(args) == 0  # finished points are not retrained
+    assert (rd / "nq2_k16" / ck.MODEL).stat().st_mtime == mtime
+    # The knee of a saturating curve is where it bends.
+    assert elbow([(0.05, 15.0), (0.06, 30.0), (0.08, 38.0), (0.1, 40.0), (0.17, 43.0)]) == 2

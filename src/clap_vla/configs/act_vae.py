@@ -90,4 +90,48 @@ class ActVAEEvalConfig:
             raise ConfigError(f"split must be heldout, train or all, got {self.split!r}")
 
 
-__all__ = ["ACT_VAE_TRAIN_PRESETS", "ActVAEEvalConfig", "ActVAETrainConfig"]
+# Paper Table V's (Nq, K) points (Nq codes per 32 x 7 chunk, i.e. per arm here).
+TABLE_V = ((12, 128), (12, 256), (12, 512), (36, 256), (20, 256), (16, 256), (8, 256), (4, 256))
+# Its reported (MSE, PSNR dB, rate) per point, for the side-by-side table.
+TABLE_V_RESULTS = {
+    (12, 128): (0.0023, 32.40, 0.070),
+    (12, 256): (0.0010, 36.02, 0.072),
+    (12, 512): (0.0007, 37.57, 0.077),
+    (36, 256): (0.0002, 43.01, 0.175),
+    (20, 256): (0.0003, 41.25, 0.104),
+    (16, 256): (0.0004, 40.00, 0.086),
+    (8, 256): (0.0041, 29.89, 0.058),
+    (4, 256): (0.1022, 15.93, 0.054),
+}
+
+
+@dataclass(frozen=True)
+class RateDistortionConfig:
+    """Train one Act-VAE per (Nq, K) point on the same data; tabulate held-out MSE, PSNR and the
+    rate of eq. 8; plot PSNR against rate and mark the elbow."""
+
+    data: tuple[Path, ...] = ()
+    """Robot datasets, as for `clap train act-vae`."""
+    out: Path = Path("outputs/rate_distortion")
+    """One sub-directory per point (each a resumable Act-VAE run), plus table.md, table.json, plot.png."""
+    grid: tuple[tuple[int, int], ...] = TABLE_V
+    """(codes per arm Nq, codebook size K) points; the default is the paper's Table V."""
+    base: ActVAETrainConfig = field(default_factory=ActVAETrainConfig)
+    """Model and training settings shared by every point (Nq and K are overridden)."""
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ConfigError("grid: name at least one (Nq, K) point")
+        for nq, k in self.grid:
+            if nq < 1 or k < 2:
+                raise ConfigError(f"grid point (Nq={nq}, K={k}): need Nq >= 1 and K >= 2")
+
+
+RATE_DISTORTION_PRESETS = {
+    "default": RateDistortionConfig(),
+    "tiny": RateDistortionConfig(
+        out=Path("outputs/rate_distortion_tiny"),
+        grid=((2, 16), (4, 16), (4, 64)),
+        base=ACT_VAE_TRAIN_PRESETS["act_vae_tiny"],
+    ),
+}

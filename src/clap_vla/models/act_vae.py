@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -202,3 +203,26 @@ def rate(
 ) -> float:
     """Paper eq. 8: r = Nq log2 K / (Na Da log2(R / sqrt(MSE))), per arm (Na = H steps, Da = D dims)."""
     return codes_per_arm * math.log2(num_codes) / (horizon * action_dim * math.log2(data_range / math.sqrt(mse)))
+
+
+def load_act_vae(artifact: str | Path, device: str | torch.device = "cpu") -> tuple[ActVAE, dict]:
+    """An Act-VAE artifact directory -> (model in eval mode, its meta.json). Weights must match
+    the saved config exactly."""
+    from clap_vla.errors import ClapError
+    from clap_vla.train import checkpoint as ck
+
+    artifact = Path(artifact)
+    config = ck.read_json(artifact / ck.CONFIG)
+    if "model" not in config:
+        raise ClapError(f"{artifact / ck.CONFIG}: no 'model' section; is this an Act-VAE artifact?")
+    try:
+        model = ActVAE(ActVAEConfig(**config["model"]))
+    except TypeError as e:
+        raise ClapError(f"{artifact / ck.CONFIG}: model section does not fit ActVAEConfig ({e})") from e
+    missing, unexpected = model.load_state_dict(ck.load_weights(artifact / ck.MODEL), strict=False)
+    if missing or unexpected:
+        raise ClapError(
+            f"{artifact / ck.MODEL}: weights do not fit the config (missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
+    meta = ck.read_json(artifact / ck.META) if (artifact / ck.META).exists() else {}
+    return model.to(device).eval(), {**meta, "config": config}
