@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import time
@@ -20,17 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from clap_vla.sim import robosuite_bimanual as rb
-
-
-def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+from clap_vla.sim.rollout import wilson_interval
 
 
 def run_episode(env: rb.RobosuiteBimanualEnv, seed: int) -> tuple[bool, int]:
@@ -74,7 +63,7 @@ def main() -> None:
 
     n = len(results)
     wins = sum(r["success"] for r in results)
-    lo, hi = wilson(wins, n)
+    lo, hi = wilson_interval(wins, n)
     ok_steps = [r["steps"] for r in results if r["success"]]
     summary = {
         "task": args.task,

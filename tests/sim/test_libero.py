@@ -116,3 +116,47 @@ def test_reset_is_deterministic(env):
     assert np.array_equal(s1, s2) and np.array_equal(img1, img2) and np.array_equal(sim1, sim2)
     assert np.array_equal(np.random.get_state()[1], global_before)  # the caller's RNG is left alone
     assert env.trial == 3
+
+
+def test_random_action_in_both_action_modes(env):
+    from clap_vla.sim.policies import random as random_factory
+
+    obs = env.reset(2)
+    rng = np.random.default_rng(0)
+    rows = np.stack([env.random_action(rng) for _ in range(200)])
+    assert rows.dtype == np.float32 and rows.shape == (200, 7)
+    assert np.abs(rows[:, :3]).max() <= libero.RANDOM_SCALE and np.abs(rows[:, :3]).max() > 0.15
+    assert (rows[:, 3:6] == 0).all() and rows[:, 6].min() < -0.5 < 0.5 < rows[:, 6].max()
+    # The `random` policy draws from the env in its action mode.
+    policy = random_factory(env, 5)
+    first = policy.infer(obs)
+    np.testing.assert_array_equal(first[0], env.random_action(np.random.default_rng([5, 0x52414E44])))
+    # Absolute mode: the row the same native command amounts to.
+    env.action_mode = "absolute"
+    try:
+        row = env.random_action(np.random.default_rng(1))
+        native = np.random.default_rng(1)
+        expected = np.zeros(7)
+        expected[:3] = native.uniform(-libero.RANDOM_SCALE, libero.RANDOM_SCALE, 3)
+        expected[6] = native.uniform(-1, 1)
+        np.testing.assert_allclose(env.to_native(row), expected, atol=1e-5)
+    finally:
+        env.action_mode = "native"
+
+
+def test_evaluate_noop_through_the_harness(tmp_path):
+    import json
+
+    from clap_vla.configs.sim import EVAL_SEED_BASE, RolloutConfig
+    from clap_vla.sim.rollout import evaluate
+
+    out = tmp_path / "libero.json"
+    cfg = RolloutConfig(
+        env="libero", tasks="libero_goal/0", policy="noop", max_steps=3, episodes=1, workers=1, size=64, out=out
+    )
+    evaluate(cfg)
+    res = json.loads(out.read_text())
+    assert res["env"] == "libero" and res["policy"] == "noop" and res["action_mode"] is None
+    (o,) = res["tasks"][TASK]["outcomes"]
+    assert o == {"task": TASK, "seed": EVAL_SEED_BASE, "success": False, "steps": 3, "trial": 0}
+    assert EVAL_SEED_BASE % libero.TRIALS_PER_TASK == 0  # evaluation seeds 1e9 + k are trials k

@@ -224,9 +224,163 @@ def test_harness_replay_succeeds_and_noop_fails(env, tmp_path: Path):
 
 
 def test_parallel_workers_give_the_same_results_as_one():
-    cfg = RolloutConfig(tasks="drawer-open,reach", workers=1, size=SIZE, max_steps=15, episodes=2, policy="random")
-    one, two = evaluate(cfg), evaluate(replace(cfg, workers=2))
+    # The expert within a 40-step budget: every seed has its own outcome (steps to success, or a
+    # failure), so a worker running the wrong seed or task would change the results.
+    cfg = RolloutConfig(
+        tasks="coffee-button,handle-press", workers=1, size=16, max_steps=40, episodes=3, policy="expert"
+    )
+    one = evaluate(cfg)
+    for task in ("coffee-button-v3", "handle-press-v3"):
+        outcomes = [(o["success"], o["steps"]) for o in one["tasks"][task]["outcomes"]]
+        assert len(set(outcomes)) == 3, (task, outcomes)
+    assert 0 < one["pooled_success_rate"] < 1
+    two = evaluate(replace(cfg, workers=2))
     assert one["tasks"] == two["tasks"]
+
+
+def _episodes(root: Path) -> list[tuple[list[str], np.ndarray]]:
+    ds = RobotDataset(root)
+    return [(ds.episodes[i].tasks, ds.episode_columns(i, [lf.ACTION])[lf.ACTION]) for i in range(ds.num_episodes)]
+
+
+def test_generation_with_two_workers_equals_one(tmp_path: Path):
+    # A 40-step budget: each task's first seed fails and is skipped, and two workers run seeds
+    # ahead of what the task needs; the dataset must not change.
+    cfg = GenConfig(
+        env="metaworld", out=tmp_path / "w1", tasks="coffee-button,handle-press", episodes=2, workers=1,
+        size=32, max_steps=40, codec="h264", progress=False,
+    )  # fmt: skip
+    one = generate(cfg)
+    two = generate(replace(cfg, out=tmp_path / "w2", workers=2))
+    assert one == {**two, "out": one["out"]}
+    assert one["attempts"] == {"coffee-button-v3": 3, "handle-press-v3": 3}
+    a, b = _episodes(tmp_path / "w1"), _episodes(tmp_path / "w2")
+    expected = [["press the button on the coffee machine"]] * 2 + [["press the handle down"]] * 2
+    assert [t for t, _ in a] == [t for t, _ in b] == expected
+    for (_, x), (_, y) in zip(a, b, strict=True):
+        assert x.shape == y.shape and np.array_equal(x, y)
+
+
+def test_attempt_limit_is_the_same_for_one_and_two_workers(tmp_path: Path):
+    # Two steps are never enough: both give up after the same 24 seeds with the same message.
+    cfg = GenConfig(
+        env="metaworld", out=tmp_path / "w1", tasks="reach", episodes=1, workers=1, size=16, max_steps=2,
+        progress=False,
+    )  # fmt: skip
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(ClapError, match="succeeded in only 0 of 24 episodes") as info:
+            generate(replace(cfg, out=tmp_path / f"w{workers}", workers=workers))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()
+
+
+@pytest.mark.slow
+def test_late_success_within_the_attempt_limit_with_two_workers(tmp_path: Path):
+    # The reviewer's case: the expert first succeeds on seed 22 of 24 in block 14 with 31 steps; the
+    # limit once counted look-ahead seeds, so two workers gave up where one succeeded.
+    cfg = GenConfig(
+        env="metaworld", out=tmp_path / "w1", tasks="reach", episodes=1, seed=14, workers=1, size=16,
+        max_steps=31, codec="h264", progress=False,
+    )  # fmt: skip
+    one = generate(cfg)
+    two = generate(replace(cfg, out=tmp_path / "w2", workers=2))
+    assert one["attempts"] == two["attempts"] == {"reach-v3": 23}
+    assert _episodes(tmp_path / "w1")[0][1].tolist() == _episodes(tmp_path / "w2")[0][1].tolist()
+
+
+def test_policy_specs_classes_and_objects(tmp_path: Path, monkeypatch):
+    (tmp_path / "clap_mw_policies.py").write_text(
+        "import numpy as np\n"
+        "SEEDS = []\n"
+        "class Hold:\n"
+        "    def __init__(self, env, seed):\n"
+        "        SEEDS.append(seed)\n"
+        "        self.env = env\n"
+        "    def infer(self, observation):\n"
+        "        return self.env.hold_action()[None]\n"
+        "class Counter:\n"
+        "    calls = 0\n"
+        "    def infer(self, observation):\n"
+        "        Counter.calls += 1\n"
+        "        return np.asarray(observation['state'])[None]\n"
+        "POLICY = Counter()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clap_mw_policies as mod
+
+    cfg = RolloutConfig(tasks="reach", workers=1, size=16, max_steps=3, episodes=2, replan_every=1)
+    res = evaluate(cfg, policy="clap_mw_policies:Hold")  # a class is a factory, called with (env, seed)
+    assert mod.SEEDS == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1] and res["policy"] == "clap_mw_policies:Hold"
+    res = evaluate(cfg, policy="clap_mw_policies:POLICY")  # an instance is the policy itself
+    assert mod.Counter.calls == 6 and res["episodes"] == 2
+
+
+def test_worker_errors_name_simulator_task_and_seed(monkeypatch):
+    from clap_vla.sim import workers
+    from clap_vla.sim.workers import JobError
+
+    cfg = RolloutConfig(tasks="reach", workers=1, size=16, max_steps=3, episodes=1)
+
+    def broken(env, seed):
+        raise ValueError("no checkpoint")
+
+    with pytest.raises(
+        JobError, match=rf"metaworld task 'reach-v3', seed {EVAL_SEED_BASE}: ValueError: no checkpoint"
+    ) as info:
+        evaluate(cfg, policy=broken)
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(JobError, match=r"metaworld task 'nosuch', seed 3: .*unknown Meta-World task") as info:
+        run_demo(Job("metaworld", "nosuch", 3, 0, {"size": 16}))
+    assert isinstance(info.value.__cause__, ConfigError) and isinstance(info.value, ClapError)
+
+    # Checked before any worker starts.
+    def no_workers(*args, **kwargs):
+        raise AssertionError("workers started")
+
+    monkeypatch.setattr(workers, "ordered_imap", no_workers)
+    two = replace(cfg, workers=2)
+    with pytest.raises(ConfigError, match="module level.*workers=1"):
+        evaluate(two, policy=lambda env, seed: None)
+    with pytest.raises(ConfigError, match=r"max_steps must be 1\.\.500, got 600"):
+        evaluate(replace(two, max_steps=600))
+    with pytest.raises(ConfigError, match="unknown metaworld camera"):
+        evaluate(replace(two, cameras=("nosuch",)))
+    with pytest.raises(ConfigError, match=r"max_steps must be 1\.\.500"):
+        generate(GenConfig(env="metaworld", out=Path("/nonexistent/x"), tasks="reach", max_steps=501, progress=False))
+
+
+def test_rollout_config_checks():
+    with pytest.raises(ConfigError, match="LIBERO has no scripted experts"):
+        RolloutConfig(env="libero", tasks="libero_goal/0")
+    with pytest.raises(ConfigError, match="action_mode is a LIBERO option"):
+        RolloutConfig(env="metaworld", action_mode="absolute")
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        RolloutConfig(max_steps=0)
+    assert RolloutConfig(env="libero", tasks="libero_goal/0", policy="noop", action_mode="absolute").action_mode
+
+
+def test_state_orientation_is_the_weld_orientation_within_tolerance(env):
+    from scipy.spatial.transform import Rotation
+
+    weld = Rotation.from_quat(np.roll(mw.MOCAP_QUAT, -1))  # scipy wants (x, y, z, w)
+    np.testing.assert_allclose(mw.MOCAP_RPY, [0.0, np.pi / 2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(Rotation.from_euler("xyz", mw.MOCAP_RPY).as_matrix(), weld.as_matrix(), atol=1e-12)
+    # Small wobbles around the pointing-down weld: the measured angles jump by ~2 pi, the state's do not.
+    a = (Rotation.from_rotvec([0.05, 0.0, 0.0]) * weld).as_matrix()
+    b = (Rotation.from_rotvec([-0.05, 0.01, 0.0]) * weld).as_matrix()
+    assert np.abs(mw.matrix_to_euler(a) - mw.matrix_to_euler(b)).max() > 3
+    np.testing.assert_array_equal(mw.state_rpy(a), mw.MOCAP_RPY)
+    np.testing.assert_array_equal(mw.state_rpy(b), mw.MOCAP_RPY)
+    # A hand twisted beyond the tolerance reports what it measures.
+    twisted = (Rotation.from_rotvec([0.0, 0.0, mw.WELD_TOLERANCE + 0.05]) * weld).as_matrix()
+    np.testing.assert_allclose(mw.state_rpy(twisted), mw.matrix_to_euler(twisted))
+    # In an episode: a constant orientation, equal to the action rows'.
+    actions, states, _, ok = _expert_episode(env, seed=2)
+    assert ok
+    np.testing.assert_array_equal(states[:, 3:6], np.broadcast_to(mw.MOCAP_RPY.astype(np.float32), (len(states), 3)))
+    np.testing.assert_array_equal(actions[:, 3:6], states[:, 3:6])
 
 
 def test_cli_gen_and_rollout_tiny(tmp_path: Path):
@@ -248,7 +402,7 @@ def test_harness_rejects_bad_chunks(env):
         def infer(self, obs):
             return np.zeros((4, 14), np.float32)
 
-    with pytest.raises(ClapError, match=r"shape \(4, 14\); expected \(k>=1, 7\)"):
+    with pytest.raises(ClapError, match=r"task 'drawer-open-v3', seed \d+: .*shape \(4, 14\); expected \(k>=1, 7\)"):
         evaluate(cfg, policy=lambda e, s: Wrong())
 
 

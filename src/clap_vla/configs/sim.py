@@ -73,6 +73,8 @@ class GenConfig:
         _check_common(self.seed, self.workers, self.size)
         if self.episodes < 1:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.domain == "human" and self.env != "metaworld":
             raise ConfigError(f"domain=human is implemented for metaworld only, got env={self.env}")
         if self.env == "libero":
@@ -100,7 +102,8 @@ class RolloutConfig:
     episodes: int = 10
     """Episodes per task."""
     policy: str = "expert"
-    """expert | random | noop | module.path:factory (a callable (env) -> object with infer(obs))."""
+    """expert | random | noop | package.module:name, where name is a factory called as (env, seed) ->
+    object with infer(observation) (a class or a function), or such an object itself."""
     replan_every: int = 5
     """Execute this many rows of each predicted chunk, then ask the policy again."""
     workers: int = 2
@@ -113,6 +116,9 @@ class RolloutConfig:
     """Cameras in the observation (default: the simulator's main camera)."""
     max_steps: int | None = None
     """Step budget per episode (default: the simulator's own)."""
+    action_mode: Literal["native", "absolute"] | None = None
+    """LIBERO only: what the policy's rows are. native (the default): LIBERO's 7-D OSC delta command,
+    as its datasets store it; absolute: our absolute end-effector pose rows (docs/conventions.md)."""
     out: Path | None = None
     """JSON file for the results (default: print only)."""
     video_episodes: int = 0
@@ -126,6 +132,14 @@ class RolloutConfig:
             raise ConfigError(f"replan_every must be >= 1, got {self.replan_every}")
         if self.video_episodes < 0:
             raise ConfigError(f"video_episodes must be >= 0, got {self.video_episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.action_mode is not None and self.env != "libero":
+            raise ConfigError(f"action_mode is a LIBERO option; env={self.env} takes absolute rows only")
+        if self.env == "libero" and self.policy == "expert":
+            raise ConfigError(
+                "LIBERO has no scripted experts: pass --policy package.module:name (a trained policy), random or noop"
+            )
 
 
 ROLLOUT_PRESETS = {

@@ -67,7 +67,9 @@ class SimEnv(Protocol):
     def close(self) -> None: ...
 
     # Optional: `hold_action() -> (n*7,)`, the row that keeps the robot still (the `noop` policy uses
-    # it); `to_native(row)` / `from_native(command)`, the conversion to the simulator's command.
+    # it); `random_action(rng) -> (n*7,)`, a random row in the env's action mode (the `random` policy
+    # uses it when present); `to_native(row)` / `from_native(command)`, the conversion to the
+    # simulator's command; `trial: int`, an env-specific episode index the results report (LIBERO).
 
 
 class EnvModule(Protocol):

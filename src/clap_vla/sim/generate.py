@@ -15,7 +15,6 @@ measuring pseudo-label accuracy; no loader in clap-vla reads it for training.
 from __future__ import annotations
 
 import io
-import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +59,17 @@ def demo_seed(cfg_seed: int, k: int, human: bool) -> int:
 
 
 def run_demo(job: Job) -> Demo:
-    """One expert episode (runs in a worker process)."""
+    """One expert episode (runs in a worker process). An error is re-raised as a `JobError` naming
+    the simulator, task and seed, with the original as its `__cause__`."""
+    from clap_vla.sim.workers import job_error
+
+    try:
+        return _run_demo(job)
+    except Exception as e:
+        raise job_error(f"{job.env} task {job.task!r}, seed {job.seed}", e) from e
+
+
+def _run_demo(job: Job) -> Demo:
     from clap_vla.sim.workers import cached_env
 
     env = cached_env(job.env, job.task, **job.env_kwargs)
@@ -110,7 +119,7 @@ def generate(cfg: GenConfig) -> dict:
 
     from clap_vla.data.lerobot_writer import LeRobotWriter
     from clap_vla.data.video import VideoEncoding
-    from clap_vla.sim.registry import resolve_tasks
+    from clap_vla.sim.registry import check_env_options, resolve_tasks
     from clap_vla.sim.workers import ordered_imap
     from clap_vla.types import ACTION_DIM_NAMES
 
@@ -132,20 +141,20 @@ def generate(cfg: GenConfig) -> dict:
         if human
         else None
     )
+    check_env_options(cfg.env, env_kwargs)  # before any worker starts
     accepted = {t: 0 for t in tasks}
     attempts = {t: 0 for t in tasks}
     max_attempts = cfg.episodes * MAX_ATTEMPTS_FACTOR + 20
 
     def jobs():
+        # Seeds k = 0, 1, ... of each task until it has its episodes or max_attempts seeds are out.
+        # The pool runs a few jobs ahead, so `accepted` lags: the consumer, which sees results in
+        # order, skips the surplus and decides when a task has failed; the outcome does not depend
+        # on the number of workers.
         for task in tasks:
-            for k in itertools.count():
+            for k in range(max_attempts):
                 if accepted[task] >= cfg.episodes:
                     break
-                if k >= max_attempts:
-                    raise ClapError(
-                        f"{cfg.env} task {task!r}: the expert succeeded in only {accepted[task]} of {k} "
-                        f"episodes; asked for {cfg.episodes} (use --keep-failures or fewer --episodes)"
-                    )
                 seed = demo_seed(cfg.seed, k, human)
                 yield Job(cfg.env, task, seed, k, env_kwargs, human_kwargs)
 
@@ -157,7 +166,14 @@ def generate(cfg: GenConfig) -> dict:
             if accepted[demo.task] >= cfg.episodes:
                 continue  # a look-ahead seed past what the task needed
             attempts[demo.task] += 1
-            if not (demo.success or cfg.keep_failures):
+            keep = demo.success or cfg.keep_failures
+            if attempts[demo.task] >= max_attempts and accepted[demo.task] + keep < cfg.episodes:
+                raise ClapError(
+                    f"{cfg.env} task {demo.task!r}: the expert succeeded in only {accepted[demo.task] + keep} of "
+                    f"{attempts[demo.task]} episodes; asked for {cfg.episodes} (use --keep-failures or fewer "
+                    "--episodes)"
+                )
+            if not keep:
                 continue
             if writer is None:
                 names = [f"{arm}_{d}" for arm in demo.arms for d in ACTION_DIM_NAMES]

@@ -93,6 +93,7 @@ REPLAN_EVERY = 5
 PROTOCOL_SEED = 7
 TRIALS_PER_TASK = 50
 NOOP_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # hold still, gripper open
+RANDOM_SCALE = 0.2  # the random policy's native position commands: uniform in +-0.2 (1 cm per step)
 
 TASKS: tuple[str, ...] = tuple(f"{suite}/{i}" for suite in SUITES for i in range(TASKS_PER_SUITE))
 CAMERAS = ("agentview", "wrist")
@@ -428,6 +429,16 @@ class LiberoEnv:
         noop = np.asarray(NOOP_ACTION, dtype=np.float32)
         return noop if self.action_mode == "native" else self.from_native(noop)
 
+    def random_action(self, rng: np.random.Generator, scale: float = RANDOM_SCALE) -> np.ndarray:
+        """A random row in this env's action mode (what the `random` policy sends): the native command
+        with position components uniform in [-scale, scale] (0.2 = 1 cm per step, about what the
+        Meta-World random baseline moves), rotation 0 (orientation kept) and the gripper command
+        uniform in [-1, 1]; in absolute mode the row that command amounts to."""
+        native = np.zeros(7)
+        native[:3] = rng.uniform(-scale, scale, 3)
+        native[6] = rng.uniform(-1.0, 1.0)
+        return native.astype(np.float32) if self.action_mode == "native" else self.from_native(native)
+
     # -- observation ----------------------------------------------------------------------------
     def state(self) -> np.ndarray:
         from clap_vla.data.rotations import matrix_to_euler
@@ -479,6 +490,7 @@ __all__ = [
     "NOOP_ACTION",
     "NUM_WAIT_STEPS",
     "PROTOCOL_SEED",
+    "RANDOM_SCALE",
     "REPLAN_EVERY",
     "SUITES",
     "TASKS",

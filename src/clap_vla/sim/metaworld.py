@@ -8,8 +8,18 @@ mocap orientation, grab the gripper effort (-1 open, +1 close). So
 `native = clip((target - mocap_pos) / action_scale, -1, 1)`, exact for every action the expert
 takes, which makes recorded demonstrations replay exactly.
 
-State: the tool-centre point (what Meta-World's observation reports as the hand position), the hand
-body's orientation as extrinsic-xyz euler angles, and the finger opening in [0, 1] (1 = open).
+State: the tool-centre point (what Meta-World's observation reports as the hand position), the hand's
+orientation as extrinsic-xyz euler angles, and the finger opening in [0, 1] (1 = open).
+
+State orientation: the hand is welded to the mocap body, whose orientation never changes
+(`MOCAP_QUAT`, the hand pointing down); no action can turn it. The weld is soft, so the measured hand
+orientation wobbles around it, by up to about 0.23 rad in normal use (measured over expert and random
+episodes of a dozen tasks). Pointing down is pitch = pi/2, the gimbal lock of extrinsic-xyz angles,
+where roll and yaw are not separable: that wobble swings the measured roll and yaw by up to 2 pi
+from one frame to the next. So while the hand is within `WELD_TOLERANCE` (0.35 rad) of the mocap
+orientation, the state reports the mocap orientation's angles `MOCAP_RPY` = (0, pi/2, 0), the same
+constant every action row carries; beyond it (something has twisted the hand) it reports the
+measured angles.
 
 Images: rendered with our own `mujoco.Renderer` with shadows off (about 4x faster in software GL).
 Meta-World's fixed "corner" cameras are mounted upside down (their image-up axis points at the
@@ -25,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clap_vla.data.rotations import matrix_to_euler
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.sim.base import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE, Observation, StepResult
 from clap_vla.sim.gl import ensure_gl
@@ -35,6 +46,9 @@ CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper"
 DEFAULT_CAMERA = "corner"
 FPS = 80  # 0.0025 s timestep x frame_skip 5: one control step is 12.5 ms
 MAX_STEPS = 500  # Meta-World's own episode budget (max_path_length)
+MAX_STEPS_LIMIT = MAX_STEPS  # a longer budget is refused (the registry checks it before starting workers)
+MOCAP_QUAT = (1 / np.sqrt(2), 0.0, 1 / np.sqrt(2), 0.0)  # (w, x, y, z): Meta-World's fixed mocap orientation
+WELD_TOLERANCE = 0.35  # rad: within this of MOCAP_QUAT the state reports MOCAP_RPY (module docstring)
 ROBOT_TYPE_NAME = "sawyer"
 
 # Bodies kept visible in the "human" domain: the hand and its fingers (recoloured as skin).
@@ -115,8 +129,8 @@ class MetaWorldEnv:
         for cam in self.cameras:
             if cam not in CAMERAS:
                 raise ConfigError(f"unknown Meta-World camera {cam!r}; choose from {', '.join(CAMERAS)}")
-        if not 0 < max_steps <= MAX_STEPS:
-            raise ConfigError(f"max_steps must be in 1..{MAX_STEPS}, got {max_steps}")
+        if not 0 < max_steps <= MAX_STEPS_LIMIT:
+            raise ConfigError(f"max_steps must be in 1..{MAX_STEPS_LIMIT}, got {max_steps}")
         self.size, self.max_steps = size, max_steps
         self.instruction = TASK_TEXT[self.task].instruction
 
@@ -206,21 +220,15 @@ class MetaWorldEnv:
 
     def from_native(self, native: np.ndarray) -> np.ndarray:
         """The absolute action row a native command amounts to from the current state."""
-        from clap_vla.data.rotations import matrix_to_euler
-
         n = np.clip(np.asarray(native, dtype=np.float64), -1, 1)
         target = self._env.data.mocap_pos[self._mocap_id] + n[:3] * self._env.action_scale
         target = np.clip(target, self._env.mocap_low, self._env.mocap_high)
-        quat = np.array([1.0, 0.0, 1.0, 0.0]) / np.sqrt(2)  # Meta-World's fixed mocap orientation
-        rpy = matrix_to_euler(_quat_to_matrix(quat))
-        return np.concatenate([target, rpy, n[3:4]]).astype(np.float32)
+        return np.concatenate([target, MOCAP_RPY, n[3:4]]).astype(np.float32)
 
     # -- observation ----------------------------------------------------------------------------
     def state(self) -> np.ndarray:
-        from clap_vla.data.rotations import matrix_to_euler
-
         rot = self._env.data.xmat[self._hand_id].reshape(3, 3)
-        return np.concatenate([self._obs_vec[:3], matrix_to_euler(rot), self._obs_vec[3:4]]).astype(np.float32)
+        return np.concatenate([self._obs_vec[:3], state_rpy(rot), self._obs_vec[3:4]]).astype(np.float32)
 
     def render(self) -> dict[str, np.ndarray]:
         images = {}
@@ -287,11 +295,14 @@ class MetaWorldExpert:
     """Meta-World's scripted expert for the env's task, acting through the absolute action layout.
 
     `subtask` follows the expert's phase (TASK_TEXT): "reach the {target}" until the expert closes
-    its gripper after starting open or neutral (grasping experts) or, for experts that push with a
-    closed fist, until the hand comes within
-    `CONTACT_RADIUS` of the object or the object has moved `MOVED`; then
-    "grasp the {target}" while the fingers are still closing; then the task's manipulation phrase.
-    Phases only move forward, and are decided online from what the expert sees.
+    its gripper after starting open or neutral (grasping experts), then "grasp the {target}" while
+    the fingers are still closing, then the task's manipulation phrase. Experts that reach the
+    object without closing the gripper skip the grasp phase: those that push with a closed fist or a
+    relaxed gripper switch to the manipulation phrase when the hand comes within `CONTACT_RADIUS` of
+    the object or the object has moved `MOVED`; those that keep the gripper open (e.g. drawer-open,
+    grab -1 throughout) on proximity alone (an open gripper may nudge the object before it closes on
+    it, so object motion does not count for experts that start open). Phases only move forward, and
+    are decided online from what the expert sees.
     """
 
     CONTACT_RADIUS = 0.05  # metres between the tool-centre point and the object's reported position
@@ -351,6 +362,15 @@ class MetaWorldExpert:
         self._last_opening = opening
 
 
+def state_rpy(hand_rot: np.ndarray) -> np.ndarray:
+    """The state's orientation for the hand's rotation matrix: `MOCAP_RPY` while the hand is within
+    `WELD_TOLERANCE` of the mocap orientation, else its measured euler angles (module docstring)."""
+    cos_angle = (np.trace(np.asarray(hand_rot) @ _MOCAP_ROT.T) - 1.0) / 2.0
+    if cos_angle >= np.cos(WELD_TOLERANCE):
+        return MOCAP_RPY.copy()
+    return matrix_to_euler(hand_rot)
+
+
 def make(task: str, *, size: int = 128, cameras: tuple[str, ...] | None = None, **kwargs) -> MetaWorldEnv:
     return MetaWorldEnv(task, size=size, cameras=cameras, **kwargs)
 
@@ -370,4 +390,18 @@ def _quat_to_matrix(q: np.ndarray) -> np.ndarray:
     )
 
 
-__all__ = ["TASKS", "Appearance", "MetaWorldEnv", "MetaWorldExpert", "make", "resolve_tasks"]
+_MOCAP_ROT = _quat_to_matrix(np.asarray(MOCAP_QUAT))
+MOCAP_RPY = matrix_to_euler(_MOCAP_ROT) + 0.0  # (0, pi/2, 0); + 0.0 turns -0.0 into 0.0
+
+__all__ = [
+    "MOCAP_QUAT",
+    "MOCAP_RPY",
+    "TASKS",
+    "WELD_TOLERANCE",
+    "Appearance",
+    "MetaWorldEnv",
+    "MetaWorldExpert",
+    "make",
+    "resolve_tasks",
+    "state_rpy",
+]

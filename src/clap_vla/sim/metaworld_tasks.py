@@ -1,9 +1,9 @@
 """Language for the 50 Meta-World v3 tasks, written for clap-vla: one instruction per task and the
 phrases the per-frame subtask text is built from. Pure data: importing this needs no simulator.
 
-Each task's expert goes through up to three phases (see `metaworld.segment_phases`):
-`reach the {target}` -> `grasp the {target}` (only when the expert closes its gripper on something)
--> `{manipulate}`. Reaching tasks have a single phase.
+Each task's expert goes through up to three phases (decided online by
+`clap_vla.sim.metaworld.MetaWorldExpert`): `reach the {target}` -> `grasp the {target}` (only when the
+expert closes its gripper on something) -> `{manipulate}`. Reaching tasks have a single phase.
 """
 
 from __future__ import annotations

@@ -1,8 +1,16 @@
-"""Baseline policies for the rollout harness, and how a policy spec string becomes a policy.
+"""Baseline policies for the rollout harness, and how a policy spec becomes a policy per episode.
 
-A policy factory is `factory(env, seed) -> policy`, called once per episode right after
-`env.reset(seed)`, in whichever process runs the episode; so it must be importable (a module-level
-name). A learned policy's factory typically loads its checkpoint once and caches it.
+A policy spec is one of:
+
+* a **factory**: a class or any callable without an `infer` attribute, called as
+  `factory(env, seed) -> policy` once per episode right after `env.reset(seed)`, in whichever
+  process runs the episode (a class with `__init__(self, env, seed)` is a factory);
+* a **policy object**: an instance with `infer(observation)`, used as it is for every episode (it
+  must not keep per-episode state, or must reset it itself).
+
+With worker processes the spec travels as `'package.module:name'` and is imported in each worker, so
+it must be a module-level name. A learned policy's factory typically loads its checkpoint once and
+caches it in its module.
 """
 
 from __future__ import annotations
@@ -16,16 +24,43 @@ from clap_vla.errors import ConfigError
 from clap_vla.sim.base import STATE, Observation, Policy, SimEnv
 
 PolicyFactory = Callable[[SimEnv, int], Policy]
+PolicySpec = Policy | PolicyFactory
+
+
+def is_policy_object(spec: object) -> bool:
+    """True for an instance with `infer` (used directly); False for a factory (a class, or a callable
+    without `infer`)."""
+    return not isinstance(spec, type) and callable(getattr(spec, "infer", None))
+
+
+def episode_policy(spec: PolicySpec, env: SimEnv, seed: int) -> Policy:
+    """The policy for one episode: `spec` itself if it is a policy object, else `spec(env, seed)`."""
+    if is_policy_object(spec):
+        return spec  # type: ignore[return-value]
+    if not callable(spec):
+        raise ConfigError(f"policy {spec!r} is neither a factory (env, seed) -> policy nor an object with infer()")
+    policy = spec(env, seed)
+    if not callable(getattr(policy, "infer", None)):
+        raise ConfigError(
+            f"policy factory {getattr(spec, '__qualname__', spec)!r} returned {type(policy).__name__}, "
+            "which has no infer(observation) method"
+        )
+    return policy
 
 
 class RandomPolicy:
-    """Uniformly random targets: each arm within `reach` metres of where it is, orientation kept,
-    gripper command uniform in [-1, 1]. The floor every learned policy must beat."""
+    """The floor every learned policy must beat. With an env that provides `random_action(rng)` (e.g.
+    LIBERO, whose native action mode takes delta commands) that draws each row; otherwise uniformly
+    random absolute targets: each arm within `reach` metres of where it is, orientation kept,
+    gripper command uniform in [-1, 1]."""
 
-    def __init__(self, rng: np.random.Generator, reach: float = 0.05) -> None:
+    def __init__(self, rng: np.random.Generator, reach: float = 0.05, env: SimEnv | None = None) -> None:
         self.rng, self.reach = rng, reach
+        self._env_random = getattr(env, "random_action", None)
 
     def infer(self, observation: Observation) -> np.ndarray:
+        if self._env_random is not None:
+            return np.asarray(self._env_random(self.rng), dtype=np.float32).reshape(1, -1)
         row = np.asarray(observation[STATE], dtype=np.float32).reshape(-1, 7).copy()
         row[:, :3] += self.rng.uniform(-self.reach, self.reach, size=(len(row), 3))
         row[:, 6] = self.rng.uniform(-1, 1, size=len(row))
@@ -66,7 +101,7 @@ def expert(env: SimEnv, seed: int) -> Policy:
 
 
 def random(env: SimEnv, seed: int) -> Policy:
-    return RandomPolicy(np.random.default_rng([seed, 0x52414E44]))
+    return RandomPolicy(np.random.default_rng([seed, 0x52414E44]), env=env)
 
 
 def noop(env: SimEnv, seed: int) -> Policy:
@@ -76,20 +111,24 @@ def noop(env: SimEnv, seed: int) -> Policy:
 BUILTIN = {"expert": expert, "random": random, "noop": noop}
 
 
-def load_factory(spec: str) -> PolicyFactory:
-    """'expert' | 'random' | 'noop' | 'package.module:factory'."""
+def load_factory(spec: str) -> PolicySpec:
+    """'expert' | 'random' | 'noop' | 'package.module:name' -> a factory or a policy object (see the
+    module docstring)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
     if ":" not in spec:
         raise ConfigError(
-            f"policy {spec!r}: use one of {', '.join(BUILTIN)} or 'package.module:factory' "
-            "(a callable (env, seed) -> object with infer(observation))"
+            f"policy {spec!r}: use one of {', '.join(BUILTIN)} or 'package.module:name' (a factory "
+            "(env, seed) -> object with infer(observation), e.g. a class, or such an object itself)"
         )
     module, _, attr = spec.partition(":")
     try:
-        factory = getattr(importlib.import_module(module), attr)
+        obj = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"policy {spec!r}: cannot load {attr!r} from {module!r} ({e})") from e
-    if not callable(factory):
-        raise ConfigError(f"policy {spec!r}: {attr!r} is not callable")
-    return factory
+    if not (is_policy_object(obj) or callable(obj)):
+        raise ConfigError(
+            f"policy {spec!r}: {attr!r} is a {type(obj).__name__}, neither a factory (env, seed) -> policy "
+            "nor an object with infer(observation)"
+        )
+    return obj

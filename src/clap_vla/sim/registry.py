@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import Any
 
 from clap_vla.errors import ClapError, ConfigError
 
@@ -45,3 +46,29 @@ def resolve_tasks(name: str, spec: str) -> list[str]:
     if not items:
         raise ConfigError(f"no {name} task named in {spec!r}")
     return items
+
+
+def check_env_options(name: str, options: dict[str, Any]) -> None:
+    """Cheap checks of `make()` options in the main process, so a bad value fails before any worker
+    starts: cameras against the module's `CAMERAS`, `max_steps` against its `MAX_STEPS_LIMIT` (when it
+    has one), `action_mode` against its `ACTION_MODES` (only simulators with action modes accept it)."""
+    mod = env_module(name)
+    cameras = options.get("cameras")
+    known = getattr(mod, "CAMERAS", None)
+    if cameras and known is not None:
+        bad = [c for c in cameras if c not in known]
+        if bad:
+            raise ConfigError(f"unknown {name} camera(s) {', '.join(map(repr, bad))}; choose from {', '.join(known)}")
+    max_steps = options.get("max_steps")
+    if max_steps is not None:
+        limit = getattr(mod, "MAX_STEPS_LIMIT", None)
+        if max_steps < 1 or (limit is not None and max_steps > limit):
+            bound = f"1..{limit}" if limit is not None else ">= 1"
+            raise ConfigError(f"{name}: max_steps must be {bound}, got {max_steps}")
+    mode = options.get("action_mode")
+    if mode is not None:
+        modes = getattr(mod, "ACTION_MODES", None)
+        if modes is None:
+            raise ConfigError(f"{name} has no action modes (action_mode is a LIBERO option)")
+        if mode not in modes:
+            raise ConfigError(f"{name}: action_mode must be one of {', '.join(modes)}, got {mode!r}")

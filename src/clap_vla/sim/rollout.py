@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from clap_vla.configs.sim import EVAL_SEED_BASE, SEED_STRIDE, RolloutConfig
-from clap_vla.errors import ClapError
-from clap_vla.sim.base import IMAGES, Policy, SimEnv
-from clap_vla.sim.policies import PolicyFactory, load_factory
+from clap_vla.errors import ClapError, ConfigError
+from clap_vla.sim.base import IMAGES, SimEnv
+from clap_vla.sim.policies import PolicySpec, episode_policy, is_policy_object, load_factory
 
 
 @dataclass
@@ -30,6 +30,7 @@ class EpisodeOutcome:
     seed: int
     success: bool
     steps: int  # env steps until success, or the whole budget
+    trial: int | None = None  # the env's own trial index, when it has one (LIBERO: initial state seed % 50)
     fps: int = 20
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # first camera, when recorded
 
@@ -49,11 +50,13 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def run_episode(
-    env: SimEnv, policy_or_factory: Policy | PolicyFactory, seed: int, replan_every: int, record: bool = False
-) -> EpisodeOutcome:
+def run_episode(env: SimEnv, policy: PolicySpec, seed: int, replan_every: int, record: bool = False) -> EpisodeOutcome:
+    """One closed-loop episode from scene `seed`. `policy` is a factory `(env, seed) -> policy` (a
+    class, or a callable without `infer`) or a policy object (an instance with `infer`), see
+    `clap_vla.sim.policies`. Errors do not name the task and seed; the harness adds them."""
     obs = env.reset(seed)
-    policy = policy_or_factory if hasattr(policy_or_factory, "infer") else policy_or_factory(env, seed)
+    trial = getattr(env, "trial", None)
+    policy = episode_policy(policy, env, seed)
     width = 7 * len(env.arms)
     frames: list[np.ndarray] = []
     camera = next(iter(obs[IMAGES]), None)
@@ -66,11 +69,11 @@ def run_episode(
             chunk = chunk[None]
         if chunk.ndim != 2 or chunk.shape[1] != width or len(chunk) == 0:
             raise ClapError(
-                f"{env.robot_type} task {getattr(env, 'task', '?')!r}, seed {seed}: the policy returned an "
-                f"action chunk of shape {chunk.shape}; expected (k>=1, {width}) (per arm x,y,z,roll,pitch,yaw,gripper)"
+                f"the policy returned an action chunk of shape {chunk.shape}; expected (k>=1, {width}) "
+                "(per arm x,y,z,roll,pitch,yaw,gripper)"
             )
         if not np.isfinite(chunk).all():
-            raise ClapError(f"task {getattr(env, 'task', '?')!r}, seed {seed}: the policy returned non-finite actions")
+            raise ClapError("the policy returned non-finite actions")
         for row in chunk[:replan_every]:
             result = env.step(row)
             steps += 1
@@ -78,7 +81,8 @@ def run_episode(
             if record and camera is not None:
                 frames.append(obs[IMAGES][camera])
             if result.success or result.done:
-                return EpisodeOutcome(getattr(env, "task", ""), seed, bool(result.success), steps, env.fps, frames)
+                task = getattr(env, "task", "")
+                return EpisodeOutcome(task, seed, bool(result.success), steps, trial, env.fps, frames)
 
 
 @dataclass
@@ -86,36 +90,67 @@ class RolloutJob:
     env: str
     task: str
     seed: int
-    policy: str | PolicyFactory
+    policy: str | PolicySpec
     replan_every: int
     env_kwargs: dict
     record: bool
 
 
 def _run_job(job: RolloutJob) -> EpisodeOutcome:
-    from clap_vla.sim.workers import cached_env
+    """One episode (in a worker process); errors come back as a `JobError` naming simulator, task and seed."""
+    from clap_vla.sim.workers import cached_env, job_error
 
-    env = cached_env(job.env, job.task, **job.env_kwargs)
-    factory = load_factory(job.policy) if isinstance(job.policy, str) else job.policy
-    out = run_episode(env, factory, job.seed, job.replan_every, job.record)
+    try:
+        env = cached_env(job.env, job.task, **job.env_kwargs)
+        spec = load_factory(job.policy) if isinstance(job.policy, str) else job.policy
+        out = run_episode(env, spec, job.seed, job.replan_every, job.record)
+    except Exception as e:
+        raise job_error(f"{job.env} task {job.task!r}, seed {job.seed}", e) from e
     out.task = job.task
     return out
 
 
-def evaluate(cfg: RolloutConfig, policy: str | PolicyFactory | None = None, seeds: list[int] | None = None) -> dict:
+def _policy_name(spec: str | PolicySpec) -> str:
+    if isinstance(spec, str):
+        return spec
+    if is_policy_object(spec):
+        return f"{type(spec).__module__}.{type(spec).__qualname__} instance"
+    return getattr(spec, "__qualname__", repr(spec))
+
+
+def _check_picklable(spec: PolicySpec) -> None:
+    import pickle
+
+    try:
+        pickle.dumps(spec)
+    except Exception as e:
+        raise ConfigError(
+            f"policy {_policy_name(spec)!r} cannot be sent to worker processes ({type(e).__name__}: {e}); "
+            "define the factory (or policy object) at module level and pass it as 'package.module:name' "
+            "(--policy), or use workers=1"
+        ) from e
+
+
+def evaluate(cfg: RolloutConfig, policy: str | PolicySpec | None = None, seeds: list[int] | None = None) -> dict:
     """Run the evaluation; return the results dict (also written to cfg.out as JSON).
 
-    `policy` overrides cfg.policy with a spec or a factory (with workers > 1 a factory must be a
-    module-level callable); `seeds` overrides the evaluation seeds (e.g. to replay demonstrations).
+    `policy` overrides cfg.policy with a spec string, a factory or a policy object (see
+    `clap_vla.sim.policies`; with workers > 1 it must pickle, i.e. be a module-level name); `seeds`
+    overrides the evaluation seeds (e.g. to replay demonstrations).
     """
     from tqdm import tqdm
 
-    from clap_vla.sim.registry import resolve_tasks
+    from clap_vla.sim.registry import check_env_options, resolve_tasks
     from clap_vla.sim.workers import ordered_imap
 
     spec = policy if policy is not None else cfg.policy
+    # Fail before starting any worker.
     if isinstance(spec, str):
-        load_factory(spec)  # fail before starting any worker
+        load_factory(spec)
+        if spec == "expert" and cfg.env == "libero":
+            raise ConfigError("LIBERO has no scripted experts: evaluate a trained policy (or random / noop)")
+    elif cfg.workers > 1:
+        _check_picklable(spec)
     tasks = resolve_tasks(cfg.env, cfg.tasks)
     seed_list = seeds if seeds is not None else [eval_seed(cfg.seed, k) for k in range(cfg.episodes)]
     env_kwargs: dict = {"size": cfg.size}
@@ -123,6 +158,9 @@ def evaluate(cfg: RolloutConfig, policy: str | PolicyFactory | None = None, seed
         env_kwargs["cameras"] = tuple(cfg.cameras)
     if cfg.max_steps is not None:
         env_kwargs["max_steps"] = cfg.max_steps
+    if cfg.action_mode is not None:
+        env_kwargs["action_mode"] = cfg.action_mode
+    check_env_options(cfg.env, env_kwargs)
     jobs = [
         RolloutJob(cfg.env, task, s, spec, cfg.replan_every, env_kwargs, record=k < cfg.video_episodes)
         for task in tasks
@@ -142,7 +180,8 @@ def evaluate(cfg: RolloutConfig, policy: str | PolicyFactory | None = None, seed
     results.update(
         {
             "env": cfg.env,
-            "policy": spec if isinstance(spec, str) else getattr(spec, "__qualname__", repr(spec)),
+            "policy": _policy_name(spec),
+            "action_mode": cfg.action_mode,
             "replan_every": cfg.replan_every,
             "workers": cfg.workers,
             "size": cfg.size,
@@ -172,7 +211,10 @@ def summarize(outcomes: list[EpisodeOutcome], tasks: list[str]) -> dict:
             "success_rate": len(wins) / len(eps) if eps else 0.0,
             "wilson95": [lo, hi],
             "mean_steps_to_success": float(np.mean([o.steps for o in wins])) if wins else None,
-            "outcomes": [{k: v for k, v in asdict(o).items() if k not in ("frames", "fps")} for o in eps],
+            "outcomes": [
+                {k: v for k, v in asdict(o).items() if k not in ("frames", "fps") and not (k == "trial" and v is None)}
+                for o in eps
+            ],
         }
     total = sum(v["episodes"] for v in per_task.values())
     wins = sum(v["successes"] for v in per_task.values())

@@ -148,9 +148,18 @@ def fit(
         writer.truncate_after(start)
     net: nn.Module = _LossModule(model)
     if info.enabled:
-        # broadcast_buffers=False: per-rank buffers (e.g. codebook usage counts) stay per rank.
+        # Per-rank buffers (e.g. codebook usage counts) must not be overwritten by rank 0's at every
+        # forward; newer torch names the switch forward_sync_buffers (syncing once at init is fine).
+        import inspect
+
+        ddp = nn.parallel.DistributedDataParallel
+        no_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+            else {"broadcast_buffers": False}
+        )
         device_ids = [info.device.index] if info.device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(net, device_ids=device_ids, broadcast_buffers=False)
+        net = ddp(net, device_ids=device_ids, **no_sync)
     autocast = (
         torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     )
