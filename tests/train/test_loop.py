@@ -183,8 +183,9 @@ def test_ddp_two_ranks_on_gloo_stay_in_sync(tmp_path: Path):
 
 
 def test_stage_trains_an_artifact_from_datasets(tmp_path: Path):
+    from tests.conftest import write_toy
+
     from clap_vla.cli import main
-    from conftest import write_toy
 
     write_toy(tmp_path / "one", n=10, length=20, size=32)
     write_toy(tmp_path / "two", n=10, length=20, size=32, arms=("left", "right"), seed=1)
@@ -223,9 +224,10 @@ def test_train_config_validation():
 
 
 def test_eval_stage_and_rate_distortion_study(tmp_path: Path):
+    from tests.conftest import write_toy
+
     from clap_vla.cli import main
     from clap_vla.stages.eval_rate_distortion import elbow
-    from conftest import write_toy
 
     write_toy(tmp_path / "ds", n=10, length=20, size=32)
     out = tmp_path / "av"

@@ -75,7 +75,9 @@ def plot_reconstructions(model, chunks, n: int, path: Path) -> None:
 
     from clap_vla.types import ACTION_DIM_NAMES, ARM_NAMES
 
-    idx = torch.linspace(0, len(chunks) - 1, min(n, len(chunks))).long()
+    full = torch.nonzero(chunks.valid.all(1)).flatten()  # chunks that do not run past the episode end
+    pool = full if len(full) else torch.arange(len(chunks))
+    idx = pool[torch.linspace(0, len(pool) - 1, min(n, len(pool))).long()]
     b = chunks.batch(idx)
     with torch.no_grad():
         recon = model.decode(model.encode(b.actions, b.arm_mask))

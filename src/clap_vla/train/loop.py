@@ -140,6 +140,7 @@ def fit(
     elif info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ck.write_json(run_dir / ck.CONFIG, full_config)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of a run killed before its first checkpoint
     if ema is None and cfg.ema_decay > 0:
         ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 
