@@ -62,21 +62,15 @@ def test_straight_through_gradient_reaches_the_encoder_through_the_reconstructio
     assert m.quantizer.codebook.grad is None or m.quantizer.codebook.grad.abs().sum() == 0
 
 
-def test_masked_steps_and_absent_arms_do_not_count():
+def test_absent_arms_do_not_count():
     torch.manual_seed(0)
     m = ActVAE(CFG)
     b = _batch()
     loss1, _ = m.compute_loss(b)
     changed = b.actions.clone()
-    changed[0, :, 0] = 5.0  # absent arm: garbage must not matter
-    changed[-1, -3:] = 9.0  # padded steps of the last row: only the encoder sees them...
+    changed[0, :, 0] = 5.0  # an absent arm's values are never read
     loss2, _ = m.compute_loss(ChunkBatch(changed, b.action_valid, b.arm_mask))
-    # ...so only the absent arm's garbage is guaranteed not to change anything.
-    changed2 = b.actions.clone()
-    changed2[0, :, 0] = 5.0
-    loss3, _ = m.compute_loss(ChunkBatch(changed2, b.action_valid, b.arm_mask))
-    assert torch.allclose(loss1, loss3)
-    assert torch.isfinite(loss2)
+    assert torch.allclose(loss1, loss2)
 
 
 def test_bad_input_raises_clear_errors():

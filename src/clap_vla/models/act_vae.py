@@ -15,7 +15,7 @@ MSE over the valid steps of the present arms, plus the quantiser's codebook and 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -187,9 +187,6 @@ class ActVAE(nn.Module):
         else:
             n = self.quantizer.maybe_restart(self._recent_z, step + 1, gen)  # counts steps done
         return {"restarted_codes": float(n)} if n else {}
-
-    def config_dict(self) -> dict:
-        return asdict(self.cfg)
 
 
 def psnr(mse: torch.Tensor | float, data_range: float = PSNR_RANGE) -> torch.Tensor:

@@ -15,7 +15,6 @@ moment leaves either the previous checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import random
@@ -56,20 +55,6 @@ def code_version() -> str:
     except OSError:
         pass
     return v
-
-
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def parent_entry(artifact_dir: str | Path) -> dict[str, str]:
-    """How a child artifact names a parent: its path and the hash of its weights."""
-    d = Path(artifact_dir)
-    return {"path": str(d.resolve()), "model_sha256": file_hash(d / MODEL)}
 
 
 def state_dict_bytes(sd: dict[str, torch.Tensor]) -> bytes:
