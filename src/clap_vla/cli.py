@@ -81,6 +81,21 @@ COMMANDS = [
         "clap_vla.configs.act_vae:ACT_VAE_TRAIN_PRESETS",
     ),
     Command(
+        "train",
+        "vd-vae",
+        "Train the VD-VAE: video transitions aligned to a frozen Act-VAE's codebook (SigLIP)",
+        "clap_vla.configs.vd_vae:VDVAETrainConfig",
+        "clap_vla.stages.train_vd_vae:run",
+        "clap_vla.configs.vd_vae:VD_VAE_TRAIN_PRESETS",
+    ),
+    Command(
+        "label",
+        "",
+        "Action-token shards: pseudo tokens of videos (--vd-vae) or true tokens of robot data (--act-vae)",
+        "clap_vla.configs.vd_vae:LabelConfig",
+        "clap_vla.stages.label:run",
+    ),
+    Command(
         "eval",
         "act-vae",
         "Act-VAE reconstruction on a dataset: per-dimension MSE, PSNR, rate, codebook usage, plots",
@@ -94,6 +109,13 @@ COMMANDS = [
         "clap_vla.configs.act_vae:RateDistortionConfig",
         "clap_vla.stages.eval_rate_distortion:run",
         "clap_vla.configs.act_vae:RATE_DISTORTION_PRESETS",
+    ),
+    Command(
+        "eval",
+        "vd-vae",
+        "VD-VAE alignment: token accuracy, decoded PSNR, retrieval on robot and human videos; t-SNE",
+        "clap_vla.configs.vd_vae:VDVAEEvalConfig",
+        "clap_vla.stages.eval_vd_vae:run",
     ),
     Command(
         "eval",
@@ -114,9 +136,8 @@ COMMANDS = [
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
 PLANNED = {
-    "train": "vd-vae, ntp, post",
-    "label": "video pseudo action tokens with a trained VD-VAE",
-    "eval": "act-vae, rate-distortion, vd-vae, rollout, latency",
+    "train": "ntp, post",
+    "eval": "latency",
     "serve": "websocket policy server",
 }
 GROUPS = ["data", "train", "label", "eval", "serve", "demo"]

@@ -117,3 +117,20 @@ class ChunkBatch:
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
+
+
+@dataclass
+class TransitionBatch:
+    """Frozen-backbone features of frame pairs (o_t, o_t+H) plus, for robot samples, the chunk
+    a[t:t+H] (what the VD-VAE trains on). Action-free samples have zero actions and has_action False."""
+
+    features: torch.Tensor  # (B, F, P, C) float32: clean frames (teacher input, reconstruction target)
+    features_aug: torch.Tensor  # (B, F, P, C) float32: the student's (augmented) view
+    actions: torch.Tensor  # (B, H, A, D) float32, normalised; zeros for action-free samples
+    action_valid: torch.Tensor  # (B, H) bool
+    arm_mask: torch.Tensor  # (B, A) bool
+    has_action: torch.Tensor  # (B,) bool
+    source: torch.Tensor  # (B,) int64: index of the dataset in the mixture
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])

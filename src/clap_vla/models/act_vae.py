@@ -128,12 +128,22 @@ class ActVAE(nn.Module):
     @torch.no_grad()
     def encode(self, actions: torch.Tensor, arm_mask: torch.Tensor) -> torch.Tensor:
         """(B, H, A, D) normalised chunks -> token ids (B, A, Nq); -1 marks an absent arm."""
+        return self.encode_vectors(actions, arm_mask)[0]
+
+    @torch.no_grad()
+    def encode_vectors(self, actions: torch.Tensor, arm_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, A, D) chunks -> (token ids (B, A, Nq), their code vectors (B, A, Nq, Cd) fp32).
+        Absent arms get id -1 and zero vectors. The VD-VAE's contrastive target for robot samples
+        (paper §III-C2: z_a+ = sg(E_act(a_gt)), quantised as in the release)."""
         self._check(actions, arm_mask)
-        x = actions.permute(0, 2, 1, 3)[arm_mask]  # (N, H, D), N = present arms
-        out = self.quantizer(self._encode_arms(x))
-        codes = torch.full((actions.shape[0], NUM_ARMS, self.cfg.codes_per_arm), -1, dtype=torch.long, device=x.device)
-        codes[arm_mask] = out.indices
-        return codes
+        x = actions.permute(0, 2, 1, 3)[arm_mask]  # (N, H, D)
+        ids = self.quantizer(self._encode_arms(x)).indices  # (N, Nq)
+        B, Nq = actions.shape[0], self.cfg.codes_per_arm
+        codes = torch.full((B, NUM_ARMS, Nq), -1, dtype=torch.long, device=x.device)
+        codes[arm_mask] = ids
+        vectors = torch.zeros(B, NUM_ARMS, Nq, self.cfg.code_dim, device=x.device)
+        vectors[arm_mask] = self.quantizer.lookup(ids).float()
+        return codes, vectors
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -138,3 +138,16 @@ def load_checkpoint(
     ema = load_weights(ckpt / EMA) if (ckpt / EMA).exists() else None
     set_rng_state(state["rng"])
     return int(state["step"]), ema, state
+
+
+def parent_entry(artifact: str | Path) -> dict[str, str]:
+    """How a stage names a parent artifact in its meta.json: resolved path + sha256 of its weights,
+    so a later check can tell when the parent was retrained in place."""
+    import hashlib
+
+    artifact = Path(artifact).resolve()
+    h = hashlib.sha256()
+    with open(artifact / MODEL, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(artifact), "sha256": h.hexdigest()}

@@ -1,0 +1,232 @@
+"""`clap eval vd-vae`: how well a VD-VAE reads the Act-VAE's tokens off video.
+
+On held-out robot transitions and on action-free "human" videos (scored against their
+evaluation-only true actions, never seen in training):
+- token accuracy: VD-VAE codes vs the Act-VAE codes of the true chunk, per code position;
+- decoded PSNR: the Act-VAE decoder applied to the VD-VAE codes vs the true normalised chunk
+  (valid steps of present arms, R = 2 as in eq. 8), next to the Act-VAE's own reconstruction
+  (the ceiling: what perfect tokens would give);
+- retrieval top-1 / top-5: within groups of `retrieval_batch` items, the cosine similarity of the
+  VD-VAE's continuous latents to every item's Act-VAE code vectors ranks the true one (an item whose
+  true tokens equal the true one's also counts);
+- a t-SNE of the action latents of robot and video transitions coloured by task and domain (Fig. 9).
+With `--compare ART` a second VD-VAE (e.g. lambda_con = 0) is scored on the same transitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clap_vla.configs.vd_vae import VDVAEEvalConfig
+
+
+def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, retrieval_batch: int = 64) -> dict:
+    import torch
+
+    from clap_vla.data.transitions import iterate
+    from clap_vla.models.act_vae import psnr
+
+    act = model.act_vae
+    hits = codes = 0
+    sq = sq_act = 0.0
+    n = 0
+    z_all, v_all, k_all = [], [], []
+    with torch.no_grad():
+        for _, b in iterate(tset, batch_size, limit):
+            ids, _, z = model.infer_codes(b.features, b.arm_mask)
+            true_ids, true_vec = act.encode_vectors(b.actions, b.arm_mask)
+            present = b.arm_mask  # (B, A)
+            hits += int((ids == true_ids)[present].sum())
+            codes += int(present.sum()) * ids.shape[-1]
+            valid = b.action_valid[:, :, None] & present[:, None, :]  # (B, H, A)
+            sq += float(((act.decode(ids) - b.actions) ** 2)[valid].double().sum())
+            sq_act += float(((act.decode(true_ids) - b.actions) ** 2)[valid].double().sum())
+            n += int(valid.sum()) * b.actions.shape[-1]
+            z_all.append(z[present].flatten(1))
+            v_all.append(true_vec[present].flatten(1))
+            k_all.append(true_ids[present])
+    z, v, k = torch.cat(z_all), torch.cat(v_all), torch.cat(k_all)
+    top1, top5 = retrieval(z, v, k, retrieval_batch)
+    mse, mse_act = sq / max(n, 1), sq_act / max(n, 1)
+    return {
+        "items": len(z),
+        "token_acc": hits / max(codes, 1),
+        "mse": mse,
+        "psnr": float(psnr(mse)),
+        "psnr_act_vae": float(psnr(mse_act)),
+        "top1": top1,
+        "top5": top5,
+    }
+
+
+def retrieval(z, v, keys, group: int) -> tuple[float, float]:
+    """Top-1/top-5 of the true item among `group` consecutive items by cosine similarity."""
+    import torch
+    import torch.nn.functional as F
+
+    z, v = F.normalize(z.float(), dim=-1), F.normalize(v.float(), dim=-1)
+    t1 = t5 = total = 0
+    for a in range(0, len(z), group):
+        zs, vs, ks = z[a : a + group], v[a : a + group], keys[a : a + group]
+        if len(zs) < 2:
+            continue
+        ranked = (zs @ vs.T).argsort(dim=1, descending=True)  # (g, g)
+        same = (ks[:, None, :] == ks[None, :, :]).all(-1)  # (g, g): equal true token sequences
+        ok = torch.gather(same, 1, ranked)  # (g, g): is the j-th ranked item a correct one
+        t1 += int(ok[:, 0].sum())
+        t5 += int(ok[:, :5].any(1).sum())
+        total += len(zs)
+    return t1 / max(total, 1), t5 / max(total, 1)
+
+
+def attach_true_actions(tset, root: Path, normalizer, horizon: int) -> None:
+    """Fill an action-free set's actions from the dataset's evaluation-only true actions."""
+    import torch
+
+    from clap_vla.data.action_space import ArmLayout
+    from clap_vla.errors import ConfigError
+    from clap_vla.sim.generate import load_true_actions
+
+    truth = load_true_actions(root)
+    layout = None
+    acts, vals = [], []
+    for ep, t in zip(tset.episode, tset.t, strict=True):
+        d = truth[int(ep)]
+        a, s = d["action"], d["state"]
+        if layout is None:
+            layout = ArmLayout.for_dim(a.shape[1], f"{root}: evaluation-only actions")
+            if tuple(normalizer.stats.arms) != layout.arms:
+                raise ConfigError(
+                    f"{root}: true actions are for arms {layout.arms}, the normalisation for {normalizer.stats.arms}"
+                )
+        T = len(a)
+        steps = np.arange(t, t + horizon)
+        valid = steps < T
+        chunk = layout.to_unified(a[np.minimum(steps, T - 1)])
+        acts.append(normalizer.normalize(chunk, layout.to_unified(s[t])))
+        vals.append(valid)
+    tset.actions = torch.from_numpy(np.asarray(acts, dtype=np.float32))
+    tset.valid = torch.from_numpy(np.asarray(vals))
+    tset.arm_mask = torch.from_numpy(layout.arm_mask)
+
+
+def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
+    from clap_vla.configs.vd_vae import FeatureConfig
+    from clap_vla.data.transitions import load_transitions
+    from clap_vla.errors import ConfigError
+    from clap_vla.models.vd_vae import load_vd_vae
+    from clap_vla.nn.frame_encoders import build_frame_encoder
+    from clap_vla.stages.train_vd_vae import feature_provider, robot_normalizers
+    from clap_vla.train.checkpoint import write_json
+
+    models = {"vd_vae": load_vd_vae(cfg.vd_vae)}
+    if cfg.compare is not None:
+        models["compare"] = load_vd_vae(cfg.compare)
+    model, meta = models["vd_vae"]
+    config = meta["config"]
+    fcfg = FeatureConfig(**config["features"])
+    horizon = model.act_vae.cfg.horizon
+    holdout = int(config.get("holdout_every", 10))
+    robot = list(cfg.robot_data) or [Path(p) for p in config["robot_data"]]
+    if not robot:
+        raise ConfigError("--robot-data: name at least one robot dataset")
+    encoder = build_frame_encoder(fcfg.frame_encoder, precision=fcfg.precision)
+    norms = robot_normalizers(Path(cfg.vd_vae), meta, robot, horizon, progress)
+    stats_src = Path(cfg.action_stats_from) if cfg.action_stats_from else robot[0]
+    if stats_src in robot:
+        video_norm = norms[robot.index(stats_src)]
+    else:
+        video_norm = robot_normalizers(Path(cfg.vd_vae), meta, [stats_src], horizon, progress)[0]
+    clean = FeatureConfig(**{**config["features"], "augment_views": 0})
+    sets = []
+    for p, norm in zip(robot, norms, strict=True):
+        _, held = load_transitions(p, horizon, normalizer=norm, holdout_every=holdout, progress=progress)
+        held.features = feature_provider(p, clean, encoder, progress)
+        sets.append(("robot", p, held))
+    for p in cfg.video_data:
+        _, held = load_transitions(p, horizon, holdout_every=holdout, progress=progress)
+        attach_true_actions(held, Path(p), video_norm, horizon)
+        held.features = feature_provider(p, clean, encoder, progress)
+        sets.append(("video", p, held))
+    results: dict = {"vd_vae": str(Path(cfg.vd_vae).resolve()), "datasets": []}
+    for kind, p, s in sets:
+        row = {"kind": kind, "data": str(Path(p).resolve()), "transitions": min(len(s), cfg.limit)}
+        for name, (m, _) in models.items():
+            row[name] = alignment_metrics(m, s, cfg.limit, cfg.batch_size, cfg.retrieval_batch)
+        results["datasets"].append(row)
+    out = Path(cfg.out) if cfg.out else Path(cfg.vd_vae) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.tsne_points:
+        results["tsne"] = str(plot_tsne(model, sets, cfg.tsne_points, out / "latents_tsne.png"))
+    write_json(out / "eval.json", results)
+    results["out"] = str(out)
+    return results
+
+
+def plot_tsne(model, sets, points: int, path: Path) -> Path:
+    """t-SNE of the action latents (present arms) of robot and video transitions (paper Fig. 9)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+    from sklearn.manifold import TSNE
+
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.transitions import iterate
+
+    feats, domain, task = [], [], []
+    per = max(points // max(len(sets), 1), 10)
+    for kind, p, s in sets:
+        ds = RobotDataset(p)
+        for pos, b in iterate(s, 256, per):
+            _, _, z = model.infer_codes(b.features, b.arm_mask)
+            feats.append(z[b.arm_mask].flatten(1))
+            reps = b.arm_mask.sum(1).tolist()
+            for i, r in zip(pos, reps, strict=True):
+                tname = ds.episodes[int(s.episode[i])].tasks[0] if ds.episodes[int(s.episode[i])].tasks else "?"
+                domain.extend([kind] * r)
+                task.extend([tname] * r)
+    x = torch.cat(feats).numpy()
+    emb = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(x) // 10)), random_state=0).fit_transform(x)
+    tasks = sorted(set(task))
+    cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(8, 7))
+    for j, tname in enumerate(tasks):
+        for kind, marker in (("robot", "o"), ("video", "^")):
+            sel = np.array([(t == tname and d == kind) for t, d in zip(task, domain, strict=True)])
+            if sel.any():
+                ax.scatter(
+                    emb[sel, 0],
+                    emb[sel, 1],
+                    s=8,
+                    marker=marker,
+                    color=cmap(j % cmap.N),
+                    alpha=0.7,
+                    label=f"{tname[:30]} ({kind})"
+                    if kind == "robot" or not (np.array(domain) == "robot").any()
+                    else None,
+                )
+    ax.set_title("VD-VAE action latents (t-SNE): o robot, ^ action-free video; colour = task")
+    ax.legend(fontsize=6, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run(cfg: VDVAEEvalConfig) -> int:
+    r = evaluate(cfg)
+    for row in r["datasets"]:
+        for name in ("vd_vae", "compare"):
+            if name in row:
+                m = row[name]
+                print(
+                    f"{row['kind']:5s} {Path(row['data']).name} [{name}]: token accuracy {m['token_acc']:.1%}, "
+                    f"decoded PSNR {m['psnr']:.2f} dB (Act-VAE ceiling {m['psnr_act_vae']:.2f}), "
+                    f"retrieval top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%} ({m['items']} items)"
+                )
+    print(f"wrote {r['out']}/eval.json")
+    return 0

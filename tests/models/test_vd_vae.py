@@ -1,0 +1,179 @@
+"""VD-VAE model: shapes, frozen Act-VAE, gradient flow, EMA teacher, env codebook, overfitting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from clap_vla.errors import ConfigError
+from clap_vla.models.act_vae import ACT_VAE_PRESETS, ActVAE
+from clap_vla.models.vd_vae import VD_VAE_PRESETS, VDVAE, FactorizedBlock, token_keys
+from clap_vla.train.optim import build_optimizer
+from clap_vla.types import TransitionBatch
+
+ACT = ACT_VAE_PRESETS["act_vae_tiny"]
+P, C = 9, 12
+
+
+def _model(seed=0, **kw) -> VDVAE:
+    torch.manual_seed(seed)
+    act = ActVAE(ACT)
+    cfg = replace(
+        VD_VAE_PRESETS["vd_vae_tiny"],
+        feature_dim=C,
+        num_patches=P,
+        codes_per_arm=ACT.codes_per_arm,
+        code_dim=ACT.code_dim,
+        **kw,
+    )
+    return VDVAE(cfg, act)
+
+
+def _batch(B=8, seed=0, robot_frac=0.5) -> TransitionBatch:
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(B, 2, P, C, generator=g)
+    n_robot = int(B * robot_frac)
+    has = torch.arange(B) < n_robot
+    arm = torch.ones(B, 2, dtype=torch.bool)
+    arm[::2, 0] = False  # single-arm samples mixed with two-arm ones
+    actions = torch.tanh(torch.randn(B, ACT.horizon, 2, 7, generator=g))
+    actions = actions * (has[:, None, None, None] & arm[:, None, :, None])
+    return TransitionBatch(
+        features=f,
+        features_aug=f + 0.1 * torch.randn(f.shape, generator=g),
+        actions=actions,
+        action_valid=torch.ones(B, ACT.horizon, dtype=torch.bool),
+        arm_mask=arm,
+        has_action=has,
+        source=has.long(),
+    )
+
+
+def test_shapes_and_metrics():
+    m = _model()
+    b = _batch()
+    loss, metrics = m.compute_loss(b)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert {"rec", "vq", "con", "reg", "token_acc", "logit_scale"} <= set(metrics)
+    ids, dist, z = m.infer_codes(b.features, b.arm_mask)
+    assert ids.shape == dist.shape == (8, 2, ACT.codes_per_arm)
+    assert z.shape == (8, 2, ACT.codes_per_arm, ACT.code_dim)
+    assert (ids[~b.arm_mask] == -1).all() and ((ids[b.arm_mask] >= 0) & (ids[b.arm_mask] < ACT.num_codes)).all()
+    assert torch.isnan(dist[~b.arm_mask]).all() and (dist[b.arm_mask] >= 0).all()
+    # The chosen id is the Act-VAE codebook's nearest code (float64 reference).
+    cb = m.act_vae.quantizer.codebook.double()
+    zz = z[b.arm_mask].double().reshape(-1, ACT.code_dim)
+    ref = torch.cdist(zz, cb).argmin(-1)
+    assert torch.equal(ids[b.arm_mask].reshape(-1), ref)
+
+
+def test_codes_must_match_the_act_vae():
+    act = ActVAE(ACT)
+    with pytest.raises(ConfigError, match="codes_per_arm"):
+        VDVAE(replace(VD_VAE_PRESETS["vd_vae_tiny"], codes_per_arm=ACT.codes_per_arm + 1, code_dim=ACT.code_dim), act)
+
+
+def test_frozen_act_vae_and_teacher_get_no_gradient_and_stay_bit_identical():
+    m = _model()
+    m.train()
+    assert not m.act_vae.training and not m.teacher.training
+    act_before = {k: v.clone() for k, v in m.act_vae.state_dict().items()}
+    opt = build_optimizer(m, 1e-2, 0.01, (("codebook", 0.5),))
+    loss, _ = m.compute_loss(_batch())
+    opt.zero_grad()
+    loss.backward()
+    for name, p in m.act_vae.named_parameters():
+        assert not p.requires_grad and p.grad is None, name
+    for p in m.teacher.parameters():
+        assert not p.requires_grad and p.grad is None
+    # Everything trainable receives gradient: encoder, decoder, env codebook, SigLIP scale/bias.
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    env_before = m.env_quantizer.codebook.detach().clone()
+    opt.step()
+    m.after_step(5)
+    for k, v in m.act_vae.state_dict().items():
+        assert torch.equal(v, act_before[k]), k  # bit-identical, buffers included
+    assert not torch.equal(m.env_quantizer.codebook, env_before)  # the env codebook learns
+
+
+def test_ema_teacher_update_math():
+    m = _model(teacher_decay=0.9)
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    t0 = [p.detach().double().clone() for p in m.teacher.parameters()]
+    s = [p.detach().double().clone() for p in m.encoder.parameters()]
+    m.update_teacher()
+    for a, b, t in zip(t0, s, m.teacher.parameters(), strict=True):
+        torch.testing.assert_close(t.double(), 0.9 * a + 0.1 * b, rtol=1e-6, atol=1e-6)
+    # Fresh model: the teacher starts as an exact copy of the student.
+    m2 = _model()
+    for a, b in zip(m2.teacher.parameters(), m2.encoder.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_video_positives_come_from_the_teacher_on_clean_features():
+    m = _model()
+    b = _batch(robot_frac=0.0)
+    seen = {}
+    orig = m.teacher.forward
+
+    def spy(x):
+        seen["x"] = x
+        return orig(x)
+
+    m.teacher.forward = spy
+    m.compute_loss(b)
+    from clap_vla.models.vd_vae import normalize_features
+
+    torch.testing.assert_close(seen["x"], normalize_features(b.features))  # clean, not augmented
+
+
+def test_temporal_attention_is_causal():
+    torch.manual_seed(0)
+    blk = FactorizedBlock(16, 2, 32).eval()
+    x = torch.randn(2, 2, 5, 16)
+    y = blk(x)
+    x2 = x.clone()
+    x2[:, 1] += torch.randn_like(x2[:, 1])  # change only the second frame
+    y2 = blk(x2)
+    torch.testing.assert_close(y[:, 0], y2[:, 0])  # the first frame cannot see the second
+    assert not torch.allclose(y[:, 1], y2[:, 1])
+
+
+def test_token_keys_equal_for_equal_sequences():
+    ids = torch.tensor([[1, 2, 3], [1, 2, 3], [3, 2, 1], [0, 0, 0]])
+    k = token_keys(ids)
+    assert k[0] == k[1] and len({int(v) for v in k[1:]}) == 3 and (k >= 0).all()
+
+
+def test_overfits_one_batch():
+    """A fixed batch of robot transitions: the student learns to retrieve each sample's Act-VAE codes
+    and to reconstruct the next frame's features."""
+    m = _model(seed=1)
+    b = _batch(B=8, robot_frac=1.0, seed=3)
+    b.features_aug = b.features
+    opt = build_optimizer(m, 3e-3, 0.0, ())
+    first = None
+    m.train()
+    for _ in range(150):
+        loss, metrics = m.compute_loss(b)
+        first = first if first is not None else {k: float(v) for k, v in metrics.items()}
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.after_step(1)
+    last = {k: float(v) for k, v in metrics.items()}
+    assert last["rec"] < 0.3 * first["rec"]
+    assert last["con"] < 0.3 * first["con"]
+    from clap_vla.stages.eval_vd_vae import retrieval
+
+    ids, _, z = m.infer_codes(b.features, b.arm_mask)
+    true_ids, vec = m.act_vae.encode_vectors(b.actions, b.arm_mask)
+    assert (ids == true_ids)[b.arm_mask].float().mean() > 0.9  # codes read off the features alone
+    top1, _ = retrieval(z[b.arm_mask].flatten(1), vec[b.arm_mask].flatten(1), true_ids[b.arm_mask], 64)
+    assert top1 == 1.0
