@@ -145,6 +145,33 @@ def test_temporal_attention_is_causal():
     assert not torch.allclose(y[:, 1], y2[:, 1])
 
 
+@pytest.mark.parametrize("frames", [2, 3])
+def test_frame_attention_matches_a_naive_float64_reference(frames):
+    from clap_vla.models.vd_vae import causal_frame_attention
+    from clap_vla.nn.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, 4).double()
+    x = torch.randn(3, frames, 5, 16, dtype=torch.float64, requires_grad=True)
+    y = causal_frame_attention(attn, x)
+    # Naive: per (b, s, head, query frame), softmax over earlier-or-same frames, explicit loops.
+    qkv = attn.qkv(x).view(3, frames, 5, 3, 4, 4)
+    ref = torch.zeros(3, frames, 5, 4, 4, dtype=torch.float64)
+    for b in range(3):
+        for s in range(5):
+            for n in range(4):
+                for f in range(frames):
+                    q = qkv[b, f, s, 0, n]
+                    sc = torch.stack([q @ qkv[b, g, s, 1, n] / 2.0 for g in range(f + 1)])
+                    w = torch.softmax(sc, 0)
+                    ref[b, f, s, n] = sum(w[g] * qkv[b, g, s, 2, n] for g in range(f + 1))
+    ref = attn.proj(ref.reshape(3, frames, 5, 16))
+    torch.testing.assert_close(y, ref)
+    g1 = torch.autograd.grad(y.square().sum(), x)[0]
+    g2 = torch.autograd.grad(ref.square().sum(), x)[0]
+    torch.testing.assert_close(g1, g2)
+
+
 def test_token_keys_equal_for_equal_sequences():
     ids = torch.tensor([[1, 2, 3], [1, 2, 3], [3, 2, 1], [0, 0, 0]])
     k = token_keys(ids)
@@ -177,3 +204,59 @@ def test_overfits_one_batch():
     assert (ids == true_ids)[b.arm_mask].float().mean() > 0.9  # codes read off the features alone
     top1, _ = retrieval(z[b.arm_mask].flatten(1), vec[b.arm_mask].flatten(1), true_ids[b.arm_mask], 64)
     assert top1 == 1.0
+
+
+def test_student_sees_augmented_frames_decoder_clean_f_t_target_clean_f_tH():
+    from clap_vla import losses
+    from clap_vla.models.vd_vae import normalize_features
+
+    m = _model()
+    b = _batch(robot_frac=0.5)
+    seen = {}
+    enc, dec = m.encoder.forward, m.decoder.forward
+
+    def enc_spy(x):
+        seen["student"] = x
+        return enc(x)
+
+    def dec_spy(f_t, qa, qe, arm):
+        seen["f_t"] = f_t
+        seen["pred"] = out = dec(f_t, qa, qe, arm)
+        return out
+
+    m.encoder.forward, m.decoder.forward = enc_spy, dec_spy
+    _, metrics = m.compute_loss(b)
+    torch.testing.assert_close(seen["student"], normalize_features(b.features_aug))
+    torch.testing.assert_close(seen["f_t"], normalize_features(b.features)[:, 0])
+    rec = losses.feature_mse(seen["pred"].float(), normalize_features(b.features)[:, 1])
+    torch.testing.assert_close(metrics["rec"], rec.detach())
+
+
+def test_robot_positives_are_the_act_vae_code_vectors_of_the_true_chunk():
+    from clap_vla import losses
+
+    m = _model()
+    b = _batch(robot_frac=1.0)
+    captured = {}
+    orig = losses.distributed_siglip_loss
+
+    def spy(z, z_pos, *a, **kw):
+        captured["pos"], captured["key"] = z_pos, kw.get("pos_key")
+        return orig(z, z_pos, *a, **kw)
+
+    losses.distributed_siglip_loss = spy
+    try:
+        m.compute_loss(b)
+    finally:
+        losses.distributed_siglip_loss = orig
+    ids, vec = m.act_vae.encode_vectors(b.actions, b.arm_mask)
+    torch.testing.assert_close(captured["pos"], vec[b.arm_mask].flatten(1))
+    torch.testing.assert_close(captured["key"], token_keys(ids[b.arm_mask]))
+    assert not captured["pos"].requires_grad
+
+
+def test_feature_shape_mismatch_is_a_clear_error():
+    m = _model()
+    b = _batch()
+    with pytest.raises(ValueError, match=r"9 patches, 12 channels"):
+        m.infer_codes(torch.zeros(2, 2, 16, 12), b.arm_mask[:2])

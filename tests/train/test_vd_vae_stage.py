@@ -162,3 +162,22 @@ def test_label_and_eval(setup, tmp_path, monkeypatch):
         assert 0 <= m["token_acc"] <= 1 and 0 <= m["top1"] <= m["top5"] <= 1 and m["items"] > 0
         assert m == r["compare"]  # the same model scored twice gives the same numbers
     assert (out / "latents_tsne.png").stat().st_size > 1000
+
+
+def test_label_a_video_smaller_than_the_holdout_period(setup, tmp_path, monkeypatch):
+    """A handful of imported clips (fewer episodes than holdout_every) is still labelled, every frame."""
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.tokens import read_token_shard
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
+    _write_video(tmp_path / "few", n=3, seed=9)
+    vd = tmp_path / "vd"
+    assert main(_args(setup, vd, 2)) == 0
+    out = tmp_path / "few_tokens"
+    assert (
+        main(["label", "--vd-vae", str(vd), "--data", str(tmp_path / "few"), "--out", str(out), "--no-progress"]) == 0
+    )
+    cols, meta = read_token_shard(out)
+    assert len(cols["codes"]) == RobotDataset(tmp_path / "few").num_frames
+    # The shard names the Act-VAE frozen inside the VD-VAE (its hash at training time).
+    assert meta["act_vae"] == json.loads((vd / ck.META).read_text())["parents"]["act_vae"]

@@ -29,8 +29,9 @@ class FeatureConfig:
     """Precision of the frozen encoder's forward (fp32 or bf16); features are stored in fp16."""
     cache: bool = True
     """Precompute features once per dataset (and augmented view) instead of every batch."""
-    augment_views: int = 3
-    """Augmented copies per frame in the cache (the student samples one); 0 = no augmentation."""
+    augment_views: int = 1
+    """Augmented copies of each frame pair in the cache (the student samples one per step); 0 = no
+    augmentation. Each costs one more backbone pass over the dataset and as much disk as the clean one."""
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -45,10 +45,10 @@ class FeatureProvider(Protocol):
 
 
 class CachedFeatures:
-    def __init__(self, cache):
+    def __init__(self, cache, clean_only: bool = False):
         self.cache = cache
         self.num_patches, self.dim = cache.num_patches, cache.dim
-        self.augmented_views = cache.views - 1
+        self.augmented_views = 0 if clean_only else cache.views - 1
 
     def get(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
         return self.cache.get(rows, views)
@@ -114,14 +114,15 @@ def load_transitions(
     *,
     normalizer: ActionNormalizer | None = None,
     video_arms: tuple[str, ...] = ("right",),
-    holdout_every: int = 10,
+    holdout_every: int | None = 10,
     progress: bool = True,
 ) -> tuple[TransitionSet, TransitionSet]:
     """(train, held-out) transitions of one dataset. With a normalizer the dataset must have actions
-    (robot data); without, it is read as action-free video whose embodiment has `video_arms`."""
+    (robot data); without, it is read as action-free video whose embodiment has `video_arms`.
+    `holdout_every=None`: no split, every transition in the first set (labelling)."""
     from tqdm import tqdm
 
-    if holdout_every < 2:
+    if holdout_every is not None and holdout_every < 2:
         raise ConfigError(f"holdout_every must be >= 2, got {holdout_every}")
     ds = RobotDataset(path)
     wd = WindowDataset(ds, WindowConfig(horizon=horizon, cameras=()), normalizer)
@@ -130,7 +131,7 @@ def load_transitions(
     ep, t = index[:, 0].astype(np.int64), index[:, 1].astype(np.int64)
     offsets = np.asarray(ds.frame_offsets, dtype=np.int64)
     rows = np.stack([offsets[ep] + t, offsets[ep] + np.minimum(t + horizon, lengths[ep] - 1)], 1)
-    held = ep % holdout_every == holdout_every - 1
+    held = ep % holdout_every == holdout_every - 1 if holdout_every else np.zeros(len(ep), bool)
     actions = valid = None
     if normalizer is not None:
         if not ds.has_action:
@@ -146,7 +147,7 @@ def load_transitions(
         arm_mask = arm_mask_for(video_arms, f"{ds.root}")
     out = []
     for sel in (~held, held):
-        if not sel.any():
+        if not sel.any() and (holdout_every or sel is not held):
             raise DatasetError(
                 f"{ds.root}: no {'held-out' if sel is held else 'training'} episodes (every {holdout_every}th "
                 f"episode is held out; need at least {holdout_every} episodes)"

@@ -135,15 +135,24 @@ class ActVAE(nn.Module):
         """(B, H, A, D) chunks -> (token ids (B, A, Nq), their code vectors (B, A, Nq, Cd) fp32).
         Absent arms get id -1 and zero vectors. The VD-VAE's contrastive target for robot samples
         (paper §III-C2: z_a+ = sg(E_act(a_gt)), quantised as in the release)."""
-        self._check(actions, arm_mask)
-        x = actions.permute(0, 2, 1, 3)[arm_mask]  # (N, H, D)
-        ids = self.quantizer(self._encode_arms(x)).indices  # (N, Nq)
-        B, Nq = actions.shape[0], self.cfg.codes_per_arm
-        codes = torch.full((B, NUM_ARMS, Nq), -1, dtype=torch.long, device=x.device)
-        codes[arm_mask] = ids
-        vectors = torch.zeros(B, NUM_ARMS, Nq, self.cfg.code_dim, device=x.device)
-        vectors[arm_mask] = self.quantizer.lookup(ids).float()
+        codes = self.encode_with_distance(actions, arm_mask)[0]
+        vectors = torch.zeros(*codes.shape, self.cfg.code_dim, device=codes.device)
+        vectors[arm_mask] = self.quantizer.lookup(codes[arm_mask]).float()
         return codes, vectors
+
+    @torch.no_grad()
+    def encode_with_distance(self, actions: torch.Tensor, arm_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids (B, A, Nq), squared distance of each latent to its code (B, A, Nq), NaN for an
+        absent arm): the ids with a confidence, for token shards."""
+        self._check(actions, arm_mask)
+        z = self._encode_arms(actions.permute(0, 2, 1, 3)[arm_mask])  # (N, Nq, Cd)
+        q = self.quantizer(z)
+        B, Nq = actions.shape[0], self.cfg.codes_per_arm
+        dist = torch.full((B, NUM_ARMS, Nq), float("nan"), device=z.device)
+        dist[arm_mask] = ((z.float() - q.quantized.float()) ** 2).sum(-1)
+        ids = torch.full((B, NUM_ARMS, Nq), -1, dtype=torch.long, device=z.device)
+        ids[arm_mask] = q.indices
+        return ids, dist
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -135,11 +135,33 @@ class FactorizedBlock(nn.Module):
         B, Fr, S, W = x.shape
         h = x.reshape(B * Fr, S, W)
         h = h + self.drop(self.attn_s(self.norm_s(h)))  # (B*F, S, W)
-        h = h.reshape(B, Fr, S, W).transpose(1, 2).reshape(B * S, Fr, W)
-        causal = torch.ones(Fr, Fr, dtype=torch.bool, device=x.device).tril()
-        h = h + self.drop(self.attn_t(self.norm_t(h), attn_mask=causal))  # (B*S, F, W)
-        h = h.reshape(B, S, Fr, W).transpose(1, 2)  # (B, F, S, W)
+        h = h.reshape(B, Fr, S, W)
+        h = h + self.drop(causal_frame_attention(self.attn_t, self.norm_t(h)))
         return h + self.drop(self.mlp(self.norm_m(h)))
+
+
+def causal_frame_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Causal attention across frames at each token position: (B, F, S, W) -> (B, F, S, W).
+
+    For the VD-VAE's two frames this is written out: frame 0 can only attend to itself (its output
+    is its own value), frame 1 takes a 2-way softmax over (frame 0, frame 1). SDPA over B*S
+    sequences of length 2 spends most of its time on launch overhead and layout copies (about 20%
+    of a training step on CPU, and its bf16 backward is slower still). Other frame counts use SDPA
+    with a causal mask, which is also the reference the parity test compares against."""
+    B, Fr, S, W = x.shape
+    nh = attn.heads
+    hs = W // nh
+    q, k, v = attn.qkv(x).view(B, Fr, S, 3, nh, hs).unbind(3)  # each (B, F, S, nh, hs)
+    if Fr == 2:
+        scores = torch.einsum("bsnd,bfsnd->bsnf", q[:, 1], k) * hs**-0.5  # (B, S, nh, 2)
+        w = scores.softmax(-1)
+        y1 = torch.einsum("bsnf,bfsnd->bsnd", w, v)  # (B, S, nh, hs)
+        y = torch.stack([v[:, 0], y1], dim=1)  # (B, F, S, nh, hs)
+    else:
+        q, k, v = (t.permute(0, 2, 3, 1, 4).reshape(B * S, nh, Fr, hs) for t in (q, k, v))  # (B*S, nh, F, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.reshape(B, S, nh, Fr, hs).permute(0, 3, 1, 2, 4)  # (B, F, S, nh, hs)
+    return attn.proj(y.reshape(B, Fr, S, W))
 
 
 class InverseEncoder(nn.Module):
@@ -150,7 +172,7 @@ class InverseEncoder(nn.Module):
         self.cfg = cfg
         W = cfg.width
         self.feat_in = nn.Linear(cfg.feature_dim, W)
-        self.patch_pos = nn.Parameter(torch.randn(cfg.num_patches, W) * 0.02)
+        self.patch_pos_emb = nn.Parameter(torch.randn(cfg.num_patches, W) * 0.02)
         self.frame_emb = nn.Parameter(torch.randn(2, W) * 0.02)
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, W) * 0.02)
         self.blocks = nn.ModuleList(FactorizedBlock(W, cfg.heads, cfg.ffn, cfg.dropout) for _ in range(cfg.enc_layers))
@@ -160,7 +182,7 @@ class InverseEncoder(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, L, E = feats.shape[0], self.cfg.num_latents, self.cfg.env_tokens
-        x = self.feat_in(feats) + self.patch_pos  # (B, 2, P, W)
+        x = self.feat_in(feats) + self.patch_pos_emb  # (B, 2, P, W)
         lat = self.latents.expand(B, 2, -1, -1)  # (B, 2, L, W)
         x = torch.cat([lat, x], dim=2) + self.frame_emb[None, :, None]  # (B, 2, L + P, W)
         for block in self.blocks:
@@ -183,7 +205,7 @@ class ForwardDecoder(nn.Module):
         self.slot_emb = nn.Parameter(torch.randn(cfg.num_latents, W) * 0.02)
         self.absent = nn.Parameter(torch.zeros(W))  # stands in for an absent arm's codes
         self.feat_in = nn.Linear(cfg.feature_dim, W)
-        self.patch_pos = nn.Parameter(torch.randn(cfg.num_patches, W) * 0.02)
+        self.patch_pos_emb = nn.Parameter(torch.randn(cfg.num_patches, W) * 0.02)
         self.blocks = SkipTransformer(W, cfg.dec_layers, cfg.heads, cfg.ffn, skips=False, dropout=cfg.dropout)
         self.out = nn.Linear(W, cfg.feature_dim)
 
@@ -193,7 +215,7 @@ class ForwardDecoder(nn.Module):
         a = self.act_in(q_act)  # (B, A, Nq, W)
         a = torch.where(arm_mask[:, :, None, None], a, self.absent.to(a.dtype))
         lat = torch.cat([self.env_in(q_env), a.flatten(1, 2)], dim=1) + self.slot_emb  # (B, L, W)
-        x = torch.cat([lat, self.feat_in(f_t) + self.patch_pos], dim=1)  # (B, L + P, W)
+        x = torch.cat([lat, self.feat_in(f_t) + self.patch_pos_emb], dim=1)  # (B, L + P, W)
         return self.out(self.blocks(x)[:, self.cfg.num_latents :])  # (B, P, C)
 
 
@@ -238,28 +260,34 @@ class VDVAE(nn.Module):
         from clap_vla import losses
 
         cfg, Nq = self.cfg, self.cfg.codes_per_arm
+        self._check_features(batch.features, "features")
+        self._check_features(batch.features_aug, "features_aug")
         clean = normalize_features(batch.features)  # (B, 2, P, C)
         student_in = normalize_features(batch.features_aug)
         arm = batch.arm_mask  # (B, A)
         z_act, z_env = self.encoder(student_in)  # (B, A, Nq, Cd), (B, E, Ce)
-        qa = self.act_vae.quantizer(z_act, mask=arm[:, :, None].expand(-1, -1, Nq))
+        code_mask = arm[:, :, None].expand(-1, -1, Nq)  # (B, A, Nq)
+        qa = self.act_vae.quantizer(z_act, mask=code_mask)  # frozen codebook: only the commitment trains
         qe = self.env_quantizer(z_env)
         if self.training:
             self._recent_env = z_env.detach().float().reshape(-1, cfg.env_code_dim)
         pred = self.decoder(clean[:, 0], qa.quantized, qe.quantized, arm)  # (B, P, C)
         rec = losses.feature_mse(pred.float(), clean[:, 1])
-        vq = qa.loss + qe.loss
+        # VQ(z_v,a; C_act) with this config's beta (the frozen codebook's own term has no gradient).
+        commit_act = cfg.beta * losses.feature_mse(z_act.float(), qa.quantized.detach().float(), code_mask)
+        vq = commit_act + qe.loss
         reg = losses.l1_mean(z_env.float())
 
-        # Positives z_a+ (Algorithm 2 lines 18-23), all stop-gradient.
+        # Positives z_a+ (Algorithm 2 lines 18-23), all stop-gradient, in fp32 whatever the autocast
+        # (bf16 would flip some of the Act-VAE's token ids against the fp32 ones labelling uses).
         robot = batch.has_action
         pos = torch.zeros(z_act.shape, device=z_act.device)  # (B, A, Nq, Cd) fp32
         true_ids = torch.full(z_act.shape[:3], -1, dtype=torch.long, device=z_act.device)
-        if robot.any():
-            ids, vec = self.act_vae.encode_vectors(batch.actions[robot], arm[robot])
-            pos[robot], true_ids[robot] = vec, ids
-        if (~robot).any():
-            with torch.no_grad():
+        with torch.no_grad(), torch.autocast(z_act.device.type, enabled=False):
+            if robot.any():
+                ids, vec = self.act_vae.encode_vectors(batch.actions[robot].float(), arm[robot])
+                pos[robot], true_ids[robot] = vec, ids
+            if (~robot).any():
                 pos[~robot] = self.teacher(clean[~robot])[0].float()
         items = arm  # (B, A): contrastive items are present arms
         z_items = z_act[items].flatten(1)  # (N, Nq * Cd)
@@ -283,6 +311,14 @@ class VDVAE(nn.Module):
                 "robot_frac": robot.float().mean(),
             }
         return loss, metrics
+
+    def _check_features(self, f: torch.Tensor, name: str) -> None:
+        want = (2, self.cfg.num_patches, self.cfg.feature_dim)
+        if f.ndim != 4 or tuple(f.shape[1:]) != want:
+            raise ValueError(
+                f"VD-VAE {name}: expected (B, 2 frames, {want[1]} patches, {want[2]} channels) as in training "
+                f"(same frame encoder and image size), got {tuple(f.shape)}"
+            )
 
     @torch.no_grad()
     def update_teacher(self) -> None:
@@ -309,6 +345,7 @@ class VDVAE(nn.Module):
         """(B, 2, P, C) clean features of (o_t, o_t+H) -> (token ids (B, A, Nq), squared distance of
         each latent to its chosen code (B, A, Nq), the latents (B, A, Nq, Cd)); absent arms: id -1,
         distance NaN."""
+        self._check_features(features, "features")
         z_act, _ = self.encoder(normalize_features(features))
         q = self.act_vae.quantizer(z_act.float())
         dist = ((z_act.float() - q.quantized.float()) ** 2).sum(-1)  # (B, A, Nq)

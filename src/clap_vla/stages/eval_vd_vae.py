@@ -27,14 +27,17 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
 
     from clap_vla.data.transitions import iterate
     from clap_vla.models.act_vae import psnr
+    from clap_vla.train.loop import to_device
 
     act = model.act_vae
     hits = codes = 0
     sq = sq_act = 0.0
     n = 0
     z_all, v_all, k_all = [], [], []
+    device = next(model.parameters()).device
     with torch.no_grad():
         for _, b in iterate(tset, batch_size, limit):
+            b = to_device(b, device)
             ids, _, z = model.infer_codes(b.features, b.arm_mask)
             true_ids, true_vec = act.encode_vectors(b.actions, b.arm_mask)
             present = b.arm_mask  # (B, A)
@@ -47,7 +50,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
             z_all.append(z[present].flatten(1))
             v_all.append(true_vec[present].flatten(1))
             k_all.append(true_ids[present])
-    z, v, k = torch.cat(z_all), torch.cat(v_all), torch.cat(k_all)
+    z, v, k = torch.cat(z_all).cpu(), torch.cat(v_all).cpu(), torch.cat(k_all).cpu()
     top1, top5 = retrieval(z, v, k, retrieval_batch)
     mse, mse_act = sq / max(n, 1), sq_act / max(n, 1)
     return {
@@ -122,10 +125,20 @@ def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
     from clap_vla.train.checkpoint import write_json
 
     models = {"vd_vae": load_vd_vae(cfg.vd_vae)}
-    if cfg.compare is not None:
-        models["compare"] = load_vd_vae(cfg.compare)
     model, meta = models["vd_vae"]
     config = meta["config"]
+    if cfg.compare is not None:
+        models["compare"] = other = load_vd_vae(cfg.compare)
+        # Scored on the same transitions and features: only fair when both saw the same features,
+        # held out the same episodes and speak for the same Act-VAE.
+        oc, om = other[1]["config"], other[1]
+        for what, a, b in (
+            ("features", config["features"], oc["features"]),
+            ("holdout_every", config.get("holdout_every"), oc.get("holdout_every")),
+            ("Act-VAE", (meta.get("parents") or {}).get("act_vae"), (om.get("parents") or {}).get("act_vae")),
+        ):
+            if a != b:
+                raise ConfigError(f"--compare {cfg.compare}: {what} differs from {cfg.vd_vae}'s ({b} vs {a})")
     fcfg = FeatureConfig(**config["features"])
     horizon = model.act_vae.cfg.horizon
     holdout = int(config.get("holdout_every", 10))
@@ -139,16 +152,15 @@ def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
         video_norm = norms[robot.index(stats_src)]
     else:
         video_norm = robot_normalizers(Path(cfg.vd_vae), meta, [stats_src], horizon, progress)[0]
-    clean = FeatureConfig(**{**config["features"], "augment_views": 0})
     sets = []
     for p, norm in zip(robot, norms, strict=True):
         _, held = load_transitions(p, horizon, normalizer=norm, holdout_every=holdout, progress=progress)
-        held.features = feature_provider(p, clean, encoder, progress)
+        held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
         sets.append(("robot", p, held))
     for p in cfg.video_data:
         _, held = load_transitions(p, horizon, holdout_every=holdout, progress=progress)
         attach_true_actions(held, Path(p), video_norm, horizon)
-        held.features = feature_provider(p, clean, encoder, progress)
+        held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
         sets.append(("video", p, held))
     results: dict = {"vd_vae": str(Path(cfg.vd_vae).resolve()), "datasets": []}
     for kind, p, s in sets:
@@ -182,8 +194,9 @@ def plot_tsne(model, sets, points: int, path: Path) -> Path:
     for kind, p, s in sets:
         ds = RobotDataset(p)
         for pos, b in iterate(s, 256, per):
-            _, _, z = model.infer_codes(b.features, b.arm_mask)
-            feats.append(z[b.arm_mask].flatten(1))
+            dev = next(model.parameters()).device
+            _, _, z = model.infer_codes(b.features.to(dev), b.arm_mask.to(dev))
+            feats.append(z[b.arm_mask.to(dev)].flatten(1).cpu())
             reps = b.arm_mask.sum(1).tolist()
             for i, r in zip(pos, reps, strict=True):
                 tname = ds.episodes[int(s.episode[i])].tasks[0] if ds.episodes[int(s.episode[i])].tasks else "?"

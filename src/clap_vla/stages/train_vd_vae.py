@@ -8,22 +8,27 @@ from pathlib import Path
 from clap_vla.configs.vd_vae import FeatureConfig, VDVAETrainConfig
 
 
-def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = True):
-    """The frozen features of one dataset: a feature cache (built once, then reused) or online."""
+def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = True, clean_only: bool = False):
+    """The frozen features of one dataset: a feature cache (built once, then reused) or online.
+    `clean_only` (evaluation, labelling): reuse the training cache when it exists (its view 0 is
+    the clean frames), else build a clean-only one."""
     from clap_vla.data.augment import AugmentConfig
     from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.feature_cache import FeatureCache, build_feature_cache, feature_cache_path
     from clap_vla.data.transitions import CachedFeatures, OnlineFeatures
 
     ds = RobotDataset(ds_path)
     camera = ds.camera_key(fcfg.camera) if fcfg.camera else ds.cameras[0]
     augment = AugmentConfig() if fcfg.augment_views else None
+    views = 1 + fcfg.augment_views
+    if clean_only:
+        trained_on = feature_cache_path(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed)
+        if trained_on.exists() and trained_on.with_suffix(".json").exists():
+            return CachedFeatures(FeatureCache.open(trained_on), clean_only=True)
+        augment, views = None, 1
     if not fcfg.cache:
         return OnlineFeatures(ds, camera, encoder, augment, seed=fcfg.seed, progress=progress)
-    from clap_vla.data.feature_cache import build_feature_cache
-
-    cache = build_feature_cache(
-        ds, camera, encoder, views=1 + fcfg.augment_views, augment=augment, seed=fcfg.seed, progress=progress
-    )
+    cache = build_feature_cache(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed, progress=progress)
     return CachedFeatures(cache)
 
 

@@ -173,6 +173,7 @@ def fit(
 
         bar = tqdm(total=cfg.steps, initial=start, desc=f"train {run_dir.name}", unit="step")
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, torch.Tensor] = {}
     count, t0 = 0, time.perf_counter()
     model.train()
     for step in range(start, cfg.steps):
@@ -203,19 +204,26 @@ def fit(
             if extra:
                 metrics = {**metrics, **extra}
         for k, v in {"loss": loss, **metrics, "grad_norm": grad_norm}.items():
-            v = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            sums[k] = sums[k] + v if k in sums else v  # read with .item() only at log time
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            # NaN marks "not measured this step" (e.g. token accuracy on a batch without robot
+            # samples): averaged over the steps that measured it. Read with .item() only at log time.
+            ok = ~torch.isnan(v)
+            v = torch.where(ok, v, torch.zeros_like(v))
+            sums[k] = sums[k] + v if k in sums else v
+            counts[k] = counts[k] + ok if k in counts else ok.float()
         count += 1
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             elapsed = time.perf_counter() - t0
-            avg = all_reduce_mean({k: float(v) / count for k, v in sums.items()}, info)
+            avg = all_reduce_mean(
+                {k: float(v) / float(counts[k]) if float(counts[k]) else float("nan") for k, v in sums.items()}, info
+            )
             avg.update(lr=lr, steps_per_s=count / elapsed, samples_per_s=count * cfg.batch_size / elapsed)
             writer.write(done, avg)
             last_train = avg
             if bar is not None:
                 bar.set_postfix(loss=f"{avg['loss']:.4g}")
-            sums, count, t0 = {}, 0, time.perf_counter()
+            sums, counts, count, t0 = {}, {}, 0, time.perf_counter()
         if bar is not None:
             bar.update(1)
         if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):

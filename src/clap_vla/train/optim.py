@@ -11,7 +11,7 @@ from torch import nn
 
 # Parameters whose name contains one of these get no weight decay, as do all 0-D/1-D tensors
 # (biases, norm scales) and learned token/positional embeddings.
-NO_DECAY_KEYS = ("codebook", "norm", "bias", "register", "query", "pos_emb", "embed_tokens")
+NO_DECAY_KEYS = ("codebook", "norm", "bias", "register", "query", "_emb", "embed_tokens", "latents")
 
 
 def param_groups(
