@@ -260,3 +260,19 @@ def test_feature_shape_mismatch_is_a_clear_error():
     b = _batch()
     with pytest.raises(ValueError, match=r"9 patches, 12 channels"):
         m.infer_codes(torch.zeros(2, 2, 16, 12), b.arm_mask[:2])
+
+
+def test_encoder_positive_option_uses_the_pre_quantisation_latents():
+    m = _model(robot_positive="encoder")
+    b = _batch(robot_frac=1.0)
+    ids, z = m.act_vae.encode_vectors(b.actions, b.arm_mask, quantized=False)
+    ids2, q = m.act_vae.encode_vectors(b.actions, b.arm_mask)
+    assert torch.equal(ids, ids2) and not torch.allclose(z[b.arm_mask], q[b.arm_mask])
+    # z_e's nearest code is the id (float64 reference)
+    cb = m.act_vae.quantizer.codebook.double()
+    ref = torch.cdist(z[b.arm_mask].double().reshape(-1, ACT.code_dim), cb).argmin(-1)
+    assert torch.equal(ids[b.arm_mask].reshape(-1), ref)
+    loss, _ = m.compute_loss(b)
+    assert torch.isfinite(loss)
+    with pytest.raises(ConfigError, match="robot_positive"):
+        _model(robot_positive="raw")

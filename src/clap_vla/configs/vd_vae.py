@@ -72,6 +72,8 @@ class VDVAETrainConfig:
         if self.holdout_every < 2:
             raise ConfigError(f"holdout_every must be >= 2, got {self.holdout_every}")
         n = len(self.robot_data) + len(self.video_data)
+        if self.eval_transitions < 1:
+            raise ConfigError(f"eval_transitions must be >= 1, got {self.eval_transitions}")
         if self.weights and len(self.weights) != n:
             raise ConfigError(f"weights: {len(self.weights)} values for {n} datasets (robot first, then video)")
 
@@ -129,6 +131,8 @@ class LabelConfig:
             raise ConfigError("pass exactly one of --vd-vae (video pseudo tokens) or --act-vae (true robot tokens)")
         if self.stride < 1:
             raise ConfigError(f"stride must be >= 1, got {self.stride}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -153,3 +157,12 @@ class VDVAEEvalConfig:
     """Batch within which retrieval top-1/top-5 is measured."""
     tsne_points: int = 1500
     batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("limit", "retrieval_batch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.retrieval_batch < 2:
+            raise ConfigError(f"retrieval_batch must be >= 2 (retrieval needs negatives), got {self.retrieval_batch}")
+        if self.tsne_points < 0:
+            raise ConfigError(f"tsne_points must be >= 0 (0 = no plot), got {self.tsne_points}")

@@ -131,13 +131,20 @@ class ActVAE(nn.Module):
         return self.encode_vectors(actions, arm_mask)[0]
 
     @torch.no_grad()
-    def encode_vectors(self, actions: torch.Tensor, arm_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, A, D) chunks -> (token ids (B, A, Nq), their code vectors (B, A, Nq, Cd) fp32).
+    def encode_vectors(
+        self, actions: torch.Tensor, arm_mask: torch.Tensor, quantized: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, A, D) chunks -> (token ids (B, A, Nq), vectors (B, A, Nq, Cd) fp32): the code
+        vectors of the ids, or with `quantized=False` the encoder outputs z_e before quantisation.
         Absent arms get id -1 and zero vectors. The VD-VAE's contrastive target for robot samples
-        (paper §III-C2: z_a+ = sg(E_act(a_gt)), quantised as in the release)."""
-        codes = self.encode_with_distance(actions, arm_mask)[0]
-        vectors = torch.zeros(*codes.shape, self.cfg.code_dim, device=codes.device)
-        vectors[arm_mask] = self.quantizer.lookup(codes[arm_mask]).float()
+        (paper §III-C2: z_a+ = sg(E_act(a_gt)); the release uses the quantised vectors)."""
+        self._check(actions, arm_mask)
+        z = self._encode_arms(actions.permute(0, 2, 1, 3)[arm_mask]).float()  # (N, Nq, Cd)
+        ids = self.quantizer(z).indices  # (N, Nq)
+        codes = torch.full((*arm_mask.shape, self.cfg.codes_per_arm), -1, dtype=torch.long, device=z.device)
+        codes[arm_mask] = ids
+        vectors = torch.zeros(*codes.shape, self.cfg.code_dim, device=z.device)
+        vectors[arm_mask] = self.quantizer.lookup(ids).float() if quantized else z
         return codes, vectors
 
     @torch.no_grad()

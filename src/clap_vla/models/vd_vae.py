@@ -69,6 +69,10 @@ class VDVAEConfig:
     """lambda_reg (Table IX: 0.5)."""
     teacher_decay: float = 0.999
     """EMA rate mu of the teacher encoder (Algorithm 2 line 29)."""
+    robot_positive: str = "quantized"
+    """Robot samples' contrastive target: the Act-VAE's quantised code vectors ("quantized", the
+    release; the VD-VAE is scored on reproducing exactly those codes) or its encoder outputs before
+    quantisation ("encoder", the paper's sg(E_act(a_gt)) read literally)."""
     env_restart_every: int = 500
     """Dead-code restart period of the environment codebook (0 = off)."""
     dropout: float = 0.0
@@ -84,6 +88,8 @@ class VDVAEConfig:
         for name in ("w_rec", "w_vq", "w_con", "w_reg", "beta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"VDVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.robot_positive not in ("quantized", "encoder"):
+            raise ConfigError(f"VDVAEConfig.robot_positive must be quantized or encoder, got {self.robot_positive!r}")
         if not 0 <= self.teacher_decay < 1:
             raise ConfigError(f"VDVAEConfig.teacher_decay must be in [0, 1), got {self.teacher_decay}")
 
@@ -285,7 +291,9 @@ class VDVAE(nn.Module):
         true_ids = torch.full(z_act.shape[:3], -1, dtype=torch.long, device=z_act.device)
         with torch.no_grad(), torch.autocast(z_act.device.type, enabled=False):
             if robot.any():
-                ids, vec = self.act_vae.encode_vectors(batch.actions[robot].float(), arm[robot])
+                ids, vec = self.act_vae.encode_vectors(
+                    batch.actions[robot].float(), arm[robot], quantized=cfg.robot_positive == "quantized"
+                )
                 pos[robot], true_ids[robot] = vec, ids
             if (~robot).any():
                 pos[~robot] = self.teacher(clean[~robot])[0].float()

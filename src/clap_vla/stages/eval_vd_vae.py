@@ -89,15 +89,26 @@ def attach_true_actions(tset, root: Path, normalizer, horizon: int) -> None:
     import torch
 
     from clap_vla.data.action_space import ArmLayout
+    from clap_vla.data.dataset import RobotDataset
     from clap_vla.errors import ConfigError
     from clap_vla.sim.generate import load_true_actions
 
     truth = load_true_actions(root)
     layout = None
     acts, vals = [], []
+    ds = RobotDataset(root)
+    lengths: dict[int, int] = {}
     for ep, t in zip(tset.episode, tset.t, strict=True):
+        if int(ep) not in truth:
+            raise ConfigError(f"{root}: the evaluation-only true actions have no episode {int(ep)}")
         d = truth[int(ep)]
         a, s = d["action"], d["state"]
+        if int(ep) not in lengths:
+            lengths[int(ep)] = n = ds.episodes[int(ep)].length
+            if len(a) != n or len(s) != n:
+                raise ConfigError(
+                    f"{root}: episode {int(ep)} has {n} frames but {len(a)} true actions and {len(s)} states"
+                )
         if layout is None:
             layout = ArmLayout.for_dim(a.shape[1], f"{root}: evaluation-only actions")
             if tuple(normalizer.stats.arms) != layout.arms:

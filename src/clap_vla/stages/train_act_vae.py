@@ -34,7 +34,7 @@ def run(cfg: ActVAETrainConfig) -> int:
         raise ConfigError("--data: name at least one robot dataset")
     info = setup(cfg.train.device)
     train, held, stats = load_chunks(
-        list(cfg.data), cfg.model.horizon, holdout_every=cfg.holdout_every, progress=info.is_main
+        list(cfg.data), cfg.model.horizon, holdout_every=cfg.holdout_every, progress=info.is_main and cfg.train.progress
     )
     torch.manual_seed(cfg.train.seed)
     model = ActVAE(cfg.model)

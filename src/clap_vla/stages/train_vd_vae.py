@@ -78,7 +78,7 @@ def run(cfg: VDVAETrainConfig) -> int:
     from clap_vla.nn.frame_encoders import build_frame_encoder
     from clap_vla.stages.eval_vd_vae import alignment_metrics
     from clap_vla.train import checkpoint as ck
-    from clap_vla.train.distributed import setup
+    from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit
 
     if cfg.act_vae is None:
@@ -88,7 +88,14 @@ def run(cfg: VDVAETrainConfig) -> int:
     info = setup(cfg.train.device)
     act_vae, act_meta = load_act_vae(cfg.act_vae)
     encoder = build_frame_encoder(cfg.features.frame_encoder, precision=cfg.features.precision)
-    train, held, norms = load_sets(cfg, Path(cfg.act_vae), act_meta, act_vae.cfg.horizon, encoder, info.is_main)
+    # Rank 0 builds the feature caches; the other ranks wait, then open them.
+    if info.enabled and not info.is_main:
+        barrier()
+    train, held, norms = load_sets(
+        cfg, Path(cfg.act_vae), act_meta, act_vae.cfg.horizon, encoder, info.is_main and cfg.train.progress
+    )
+    if info.enabled and info.is_main:
+        barrier()
     P, C = train[0].features.num_patches, train[0].features.dim
     for s in train:
         if (s.features.num_patches, s.features.dim) != (P, C):
