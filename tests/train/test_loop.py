@@ -264,3 +264,12 @@ def test_eval_stage_and_rate_distortion_study(tmp_path: Path):
     assert (rd / "nq2_k16" / ck.MODEL).stat().st_mtime == mtime
     # The knee of a saturating curve is where it bends.
     assert elbow([(0.05, 15.0), (0.06, 30.0), (0.08, 38.0), (0.1, 40.0), (0.17, 43.0)]) == 2
+
+
+def test_act_vae_cpu_preset_is_the_documented_operating_point():
+    from clap_vla.configs.act_vae import ACT_VAE_TRAIN_PRESETS
+
+    m = ACT_VAE_TRAIN_PRESETS["act_vae_cpu"].model
+    t = ACT_VAE_TRAIN_PRESETS["act_vae_cpu"].train
+    assert (m.codes_per_arm, m.num_codes, m.width, m.restart_every) == (16, 256, 128, 500)
+    assert (t.steps, t.batch_size, t.lr) == (5000, 64, 1e-3)

@@ -5,7 +5,7 @@ evaluation-only true actions, never seen in training):
 - token accuracy: VD-VAE codes vs the Act-VAE codes of the true chunk, per code position;
 - decoded PSNR: the Act-VAE decoder applied to the VD-VAE codes vs the true normalised chunk
   (valid steps of present arms, R = 2 as in eq. 8), next to the Act-VAE's own reconstruction
-  (the ceiling: what perfect tokens would give);
+  (the ceiling: what perfect tokens would give) and a zero chunk (the floor: no information);
 - retrieval top-1 / top-5: within groups of `retrieval_batch` items, the cosine similarity of the
   VD-VAE's continuous latents to every item's Act-VAE code vectors ranks the true one (an item whose
   true tokens equal the true one's also counts);
@@ -31,7 +31,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
 
     act = model.act_vae
     hits = codes = 0
-    sq = sq_act = 0.0
+    sq = sq_act = sq_zero = 0.0
     n = 0
     z_all, v_all, k_all = [], [], []
     device = next(model.parameters()).device
@@ -46,6 +46,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
             valid = b.action_valid[:, :, None] & present[:, None, :]  # (B, H, A)
             sq += float(((act.decode(ids) - b.actions) ** 2)[valid].double().sum())
             sq_act += float(((act.decode(true_ids) - b.actions) ** 2)[valid].double().sum())
+            sq_zero += float((b.actions**2)[valid].double().sum())
             n += int(valid.sum()) * b.actions.shape[-1]
             z_all.append(z[present].flatten(1))
             v_all.append(true_vec[present].flatten(1))
@@ -59,6 +60,8 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
         "mse": mse,
         "psnr": float(psnr(mse)),
         "psnr_act_vae": float(psnr(mse_act)),
+        # No-information baseline: predicting a zero chunk (no motion, gripper at mid-range).
+        "psnr_zero": float(psnr(sq_zero / max(n, 1))),
         "top1": top1,
         "top5": top5,
     }
@@ -249,7 +252,8 @@ def run(cfg: VDVAEEvalConfig) -> int:
                 m = row[name]
                 print(
                     f"{row['kind']:5s} {Path(row['data']).name} [{name}]: token accuracy {m['token_acc']:.1%}, "
-                    f"decoded PSNR {m['psnr']:.2f} dB (Act-VAE ceiling {m['psnr_act_vae']:.2f}), "
+                    f"decoded PSNR {m['psnr']:.2f} dB (Act-VAE ceiling {m['psnr_act_vae']:.2f}, zero chunk "
+                    f"{m['psnr_zero']:.2f}), "
                     f"retrieval top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%} ({m['items']} items)"
                 )
     print(f"wrote {r['out']}/eval.json")
