@@ -273,3 +273,27 @@ def test_act_vae_cpu_preset_is_the_documented_operating_point():
     t = ACT_VAE_TRAIN_PRESETS["act_vae_cpu"].train
     assert (m.codes_per_arm, m.num_codes, m.width, m.restart_every) == (16, 256, 128, 500)
     assert (t.steps, t.batch_size, t.lr) == (5000, 64, 1e-3)
+
+
+def test_nan_metrics_are_averaged_over_the_steps_that_measured_them(tmp_path: Path):
+    """A metric a step could not measure (NaN, e.g. token accuracy of a batch without robot
+    samples) does not poison the log window: it is averaged over the other steps."""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = 0
+
+        def compute_loss(self, batch):
+            self.calls += 1
+            acc = torch.tensor(float("nan")) if self.calls % 2 else torch.tensor(float(self.calls))
+            return (self.w - 1).square().sum(), {"acc": acc}
+
+    class Data:
+        def batch(self, step, rank, world_size):
+            return torch.zeros(1)
+
+    fit(Model(), Data(), _cfg(steps=4, log_every=4, eval_every=100), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["acc"] == pytest.approx((2 + 4) / 2)  # steps 2 and 4 measured it
