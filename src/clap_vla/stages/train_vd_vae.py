@@ -77,6 +77,7 @@ def run(cfg: VDVAETrainConfig) -> int:
     from clap_vla.models.vd_vae import VDVAE
     from clap_vla.nn.frame_encoders import build_frame_encoder
     from clap_vla.stages.eval_vd_vae import alignment_metrics
+    from clap_vla.stages.train_act_vae import save_norm_stats
     from clap_vla.train import checkpoint as ck
     from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit
@@ -129,11 +130,7 @@ def run(cfg: VDVAETrainConfig) -> int:
     index = None
     if info.is_main:
         cfg.out.mkdir(parents=True, exist_ok=True)
-        index = []
-        for k, (p, n) in enumerate(zip(cfg.robot_data, norms, strict=True)):
-            sub = Path("norm_stats") / f"{k}_{Path(p).name}"
-            n.stats.save(cfg.out / sub)
-            index.append({"dataset": str(Path(p).resolve()), "norm_stats": str(sub / "norm_stats.json")})
+        index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
     meta = {
         "stage": "vd-vae",
         "parents": {"act_vae": ck.parent_entry(cfg.act_vae)},
