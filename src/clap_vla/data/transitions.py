@@ -184,12 +184,14 @@ def assemble(sets: list[TransitionSet], src: np.ndarray, idx: np.ndarray, aug_vi
         slots = np.nonzero(src == k)[0]
         i = idx[slots]
         rows = s.rows[i].reshape(-1)  # (n * 2,)
-        clean = s.features.get(rows, np.zeros_like(rows)).reshape(len(slots), 2, P, C)
-        feats[slots] = clean
-        if s.features.augmented_views:
-            feats_aug[slots] = s.features.get(rows, aug_views[slots].reshape(-1)).reshape(len(slots), 2, P, C)
+        n = len(slots)
+        if s.features.augmented_views:  # clean and augmented views in one call (one encoder pass online)
+            both = s.features.get(
+                np.concatenate([rows, rows]), np.concatenate([np.zeros_like(rows), aug_views[slots].reshape(-1)])
+            )
+            feats[slots], feats_aug[slots] = both[: 2 * n].reshape(n, 2, P, C), both[2 * n :].reshape(n, 2, P, C)
         else:
-            feats_aug[slots] = clean
+            feats[slots] = feats_aug[slots] = s.features.get(rows, np.zeros_like(rows)).reshape(n, 2, P, C)
         arm[slots] = s.arm_mask
         if s.actions is not None:
             actions[slots], valid[slots] = s.actions[i], s.valid[i]

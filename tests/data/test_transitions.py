@@ -1,0 +1,61 @@
+"""Transition batches: the online (no-cache) feature path equals the feature cache, view for view;
+split, pairing and mixture sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clap_vla.data.augment import AugmentConfig
+from clap_vla.data.dataset import RobotDataset
+from clap_vla.data.feature_cache import build_feature_cache
+from clap_vla.data.transitions import CachedFeatures, OnlineFeatures, TransitionSource, assemble, load_transitions
+from clap_vla.nn.frame_encoders import build_frame_encoder
+
+
+def test_online_features_equal_the_cache_and_pairs_are_t_and_t_plus_h(tmp_path, monkeypatch):
+    from tests.conftest import write_toy
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(tmp_path / "cache"))
+    write_toy(tmp_path / "ds", n=10, length=12, size=32)
+    ds = RobotDataset(tmp_path / "ds")
+    enc = build_frame_encoder("pixels:16")
+    train, held = load_transitions(tmp_path / "ds", 4, holdout_every=5)
+    assert set(held.episode.tolist()) == {4, 9} and not set(train.episode.tolist()) & {4, 9}
+    ep, t = int(train.episode[7]), int(train.t[7])
+    T = ds.episodes[ep].length
+    assert train.rows[7].tolist() == [ds.frame_offsets[ep] + t, ds.frame_offsets[ep] + min(t + 4, T - 1)]
+
+    cached = CachedFeatures(
+        build_feature_cache(ds, ds.cameras[0], enc, views=2, augment=AugmentConfig(), progress=False)
+    )
+    online = OnlineFeatures(ds, ds.cameras[0], enc, AugmentConfig(), progress=False)
+    idx = np.arange(0, 40, 3)
+    src = np.zeros(len(idx), np.int64)
+    views = np.ones((len(idx), 2), np.int64)  # view 1 exists in both
+    train.features = cached
+    a = assemble([train], src, idx, views)
+    train.features = online
+    b = assemble([train], src, idx, views)
+    torch.testing.assert_close(a.features, b.features, atol=1e-2, rtol=1e-2)  # fp16 cache
+    torch.testing.assert_close(a.features_aug, b.features_aug, atol=1e-2, rtol=1e-2)
+    assert not torch.allclose(a.features, a.features_aug)  # the student's view is augmented
+
+
+def test_mixture_sampling_follows_weights_and_is_a_function_of_the_step(tmp_path, monkeypatch):
+    from tests.conftest import write_toy
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(tmp_path / "cache"))
+    write_toy(tmp_path / "ds", n=10, length=12, size=32)
+    ds = RobotDataset(tmp_path / "ds")
+    enc = build_frame_encoder("pixels:16")
+    a, _ = load_transitions(tmp_path / "ds", 4)
+    b, _ = load_transitions(tmp_path / "ds", 4)
+    a.features = b.features = CachedFeatures(build_feature_cache(ds, ds.cameras[0], enc, progress=False))
+    src = TransitionSource([a, b], [3.0, 1.0], batch_size=64)
+    counts = np.bincount(np.concatenate([src.slots(s)[0] for s in range(50)]), minlength=2)
+    assert abs(counts[0] / counts.sum() - 0.75) < 0.03
+    x, y = src.batch(7), src.batch(7)
+    assert torch.equal(x.features, y.features) and torch.equal(x.source, y.source)
+    r0, r1 = src.batch(7, 0, 2), src.batch(7, 1, 2)  # ranks split the global batch
+    assert torch.equal(torch.stack([r0.source, r1.source], 1).reshape(-1), x.source)
