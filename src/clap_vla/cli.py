@@ -89,6 +89,14 @@ COMMANDS = [
         "clap_vla.configs.vd_vae:VD_VAE_TRAIN_PRESETS",
     ),
     Command(
+        "train",
+        "ntp",
+        "Train CLAP-NTP: a VLM that writes the subtask and action tokens (robot + labelled video)",
+        "clap_vla.configs.ntp:NTPTrainConfig",
+        "clap_vla.stages.train_ntp:run",
+        "clap_vla.configs.ntp:NTP_TRAIN_PRESETS",
+    ),
+    Command(
         "label",
         "",
         "Action-token shards: pseudo tokens of videos (--vd-vae) or true tokens of robot data (--act-vae)",
@@ -119,6 +127,13 @@ COMMANDS = [
     ),
     Command(
         "eval",
+        "ntp",
+        "CLAP-NTP on held-out episodes: token accuracy (teacher-forced, free-running), decode latency",
+        "clap_vla.configs.ntp:NTPEvalConfig",
+        "clap_vla.stages.eval_ntp:run",
+    ),
+    Command(
+        "eval",
         "rollout",
         "Closed-loop success of a policy in simulation (per task, mean, 95% Wilson interval)",
         "clap_vla.configs.sim:RolloutConfig",
@@ -136,7 +151,7 @@ COMMANDS = [
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
 PLANNED = {
-    "train": "ntp, post",
+    "train": "post",
     "eval": "latency",
     "serve": "websocket policy server",
 }

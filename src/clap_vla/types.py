@@ -134,3 +134,18 @@ class TransitionBatch:
 
     def __len__(self) -> int:
         return int(self.features.shape[0])
+
+
+@dataclass
+class NTPBatch:
+    """Prompt + target token sequences with their images (what CLAP-NTP trains on). Text is
+    right-padded; `labels` hold the target ids and IGNORE (-100) on the prompt and padding."""
+
+    visual: torch.Tensor  # (B, N, P, C) float32 frozen frame features, or (B, N, 3, h, w) uint8 pixels
+    input_ids: torch.Tensor  # (B, T) int64: prompt then target
+    attention_mask: torch.Tensor  # (B, T) int64: 1 for real text, 0 for padding (the model prepends the visual part)
+    labels: torch.Tensor  # (B, T) int64
+    source: torch.Tensor  # (B,) int64: index of the dataset in the mixture
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])

@@ -102,7 +102,8 @@ class RolloutConfig:
     episodes: int = 10
     """Episodes per task."""
     policy: str = "expert"
-    """expert | random | noop | package.module:name, where name is a factory called as (env, seed) ->
+    """expert | random | noop | a trained policy artifact directory (e.g. outputs/ntp) |
+    package.module:name, where name is a factory called as (env, seed) ->
     object with infer(observation) (a class or a function), or such an object itself."""
     replan_every: int = 5
     """Execute this many rows of each predicted chunk, then ask the policy again."""

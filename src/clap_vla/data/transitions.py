@@ -207,21 +207,26 @@ def assemble(sets: list[TransitionSet], src: np.ndarray, idx: np.ndarray, aug_vi
     )
 
 
+def mixture_probabilities(weights: list[float], count: int) -> np.ndarray:
+    """Sampling probability of each of `count` datasets from their mixture weights."""
+    if len(weights) != count:
+        raise ConfigError(f"{len(weights)} mixture weights for {count} datasets")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
+    return np.asarray(weights, dtype=np.float64) / sum(weights)
+
+
 class TransitionSource:
     """Mixture of transition sets sampled by weight; batches are a pure function of the step."""
 
     def __init__(self, sets: list[TransitionSet], weights: list[float], batch_size: int, seed: int = 0):
-        if len(sets) != len(weights):
-            raise ConfigError(f"{len(weights)} mixture weights for {len(sets)} datasets")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
+        self.p = mixture_probabilities(weights, len(sets))
         for s in sets:
             if len(s) == 0:
                 raise DatasetError(f"{s.name}: no transitions")
             if s.features is None:
                 raise ConfigError(f"{s.name}: no feature provider attached")
         self.sets, self.batch_size, self.seed = sets, batch_size, seed
-        self.p = np.asarray(weights, dtype=np.float64) / sum(weights)
         self.sizes = np.array([len(s) for s in sets])
 
     def slots(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

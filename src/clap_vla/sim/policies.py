@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -111,11 +112,31 @@ def noop(env: SimEnv, seed: int) -> Policy:
 BUILTIN = {"expert": expert, "random": random, "noop": noop}
 
 
+# Stage name in a trained artifact's meta.json -> "module:function" that loads its policy once per process.
+ARTIFACT_POLICIES = {"ntp": "clap_vla.models.ntp_policy:cached_policy"}
+
+
+def load_artifact_policy(path: Path) -> Policy:
+    """A trained policy artifact directory -> its policy object (loaded once per process)."""
+    import json
+
+    stage = json.loads((path / "meta.json").read_text()).get("stage")
+    if stage not in ARTIFACT_POLICIES:
+        raise ConfigError(
+            f"policy {str(path)!r}: its meta.json says stage {stage!r}; policies load from artifacts of "
+            f"stages {', '.join(ARTIFACT_POLICIES)}"
+        )
+    module, _, fn = ARTIFACT_POLICIES[stage].partition(":")
+    return getattr(importlib.import_module(module), fn)(path)
+
+
 def load_factory(spec: str) -> PolicySpec:
-    """'expert' | 'random' | 'noop' | 'package.module:name' -> a factory or a policy object (see the
-    module docstring)."""
+    """'expert' | 'random' | 'noop' | a trained policy artifact directory | 'package.module:name' -> a
+    factory or a policy object (see the module docstring)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if (Path(spec) / "meta.json").exists():
+        return load_artifact_policy(Path(spec))
     if ":" not in spec:
         raise ConfigError(
             f"policy {spec!r}: use one of {', '.join(BUILTIN)} or 'package.module:name' (a factory "

@@ -57,10 +57,26 @@ def code_version() -> str:
     return v
 
 
+ALIASES_KEY = "clap_aliases"
+
+
 def state_dict_bytes(sd: dict[str, torch.Tensor]) -> bytes:
+    """safetensors bytes. Entries that share storage with an earlier one (tied weights, e.g. a
+    language model's input embeddings and output head) are stored once and listed in the header
+    metadata as aliases, which `load_weights` restores."""
     from safetensors.torch import save
 
-    return save({k: v.detach().cpu().contiguous() for k, v in sd.items()})
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for k, v in sd.items():
+        key = (v.device.type, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if v.numel() and key in seen:
+            aliases[k] = seen[key]
+            continue
+        seen[key] = k
+        tensors[k] = v.detach().cpu().contiguous()
+    return save(tensors, metadata={ALIASES_KEY: json.dumps(aliases)} if aliases else None)
 
 
 def save_weights(path: Path, sd: dict[str, torch.Tensor]) -> None:
@@ -73,7 +89,14 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise ClapError(f"{path}: no weights file here")
-    return load_file(str(path))
+    from safetensors import safe_open
+
+    out = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        aliases = json.loads((f.metadata() or {}).get(ALIASES_KEY, "{}"))
+    for k, src in aliases.items():
+        out[k] = out[src]
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,345 @@
+"""CLAP-NTP: a vision-language model that writes the subtask, then the action tokens (paper §III-D,
+Algorithm 3).
+
+Sequence (reference facts, CLAP-NTP):
+
+    [visual tokens] "Robot category: {robot}. Control the robot to do the task: {instruction}.
+    Output the subtask and the action tokens." | "Subtask: {subtask}\\nAction:" <ACT_..> x Nq per arm
+
+The loss is next-token cross-entropy on the target (after "|") only. Action tokens come in arm
+order left then right (`types.ARM_NAMES`), Nq per arm the robot has; code k of the Act-VAE's
+codebook is token id `act_offset + k`.
+
+Decoding is greedy with the KV cache. The text part is free; once the text ends with "Action:"
+(or the model emits an action token itself, or `max_subtask_tokens` is spent) the logits are
+restricted to the action vocabulary until exactly Nq tokens per present arm are out, so the result
+always decodes through the Act-VAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from clap_vla.errors import ConfigError
+from clap_vla.nn.vlm import VLMConfig, build_vlm
+from clap_vla.types import NUM_ARMS, NTPBatch
+
+PROMPT = (
+    "Robot category: {robot}. Control the robot to do the task: {instruction}. "
+    "Output the subtask and the action tokens."
+)
+TARGET = "Subtask: {subtask}\nAction:"
+ACTION_MARK = "Action:"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class NTPConfig:
+    vlm: VLMConfig = field(default_factory=VLMConfig)
+    codes_per_arm: int = 8
+    """Nq: set from the Act-VAE."""
+    num_codes: int = 256
+    """K: set from the Act-VAE (the action vocabulary size)."""
+    max_subtask_tokens: int = 24
+    """Decoding budget for the subtask text before "Action:" is forced."""
+    subtask_weight: float = 1.0
+    """Weight of the text-target tokens in the loss (action tokens weigh 1)."""
+
+    def __post_init__(self) -> None:
+        if self.vlm.num_action_tokens != self.num_codes:
+            raise ConfigError(
+                f"vlm.num_action_tokens ({self.vlm.num_action_tokens}) must equal num_codes ({self.num_codes})"
+            )
+        if self.codes_per_arm < 1 or self.max_subtask_tokens < 1 or self.subtask_weight < 0:
+            raise ConfigError(
+                f"need codes_per_arm >= 1, max_subtask_tokens >= 1, subtask_weight >= 0; got {self.codes_per_arm}, "
+                f"{self.max_subtask_tokens}, {self.subtask_weight}"
+            )
+
+
+def prompt_text(robot: str, instruction: str) -> str:
+    return PROMPT.format(robot=robot or "robot", instruction=instruction.strip().rstrip("."))
+
+
+def target_text(subtask: str) -> str:
+    return TARGET.format(subtask=subtask.strip() or "none")
+
+
+def codes_to_ids(codes: np.ndarray | torch.Tensor, offset: int) -> list[int]:
+    """(A, Nq) codes of one sample, -1 rows for absent arms -> token ids in arm order left, right."""
+    c = np.asarray(codes)
+    return [int(offset + k) for a in range(NUM_ARMS) if (c[a] >= 0).all() for k in c[a]]
+
+
+def ids_to_codes(ids: list[int] | np.ndarray, arm_mask: np.ndarray, codes_per_arm: int, offset: int) -> np.ndarray:
+    """Inverse of `codes_to_ids`: -> (A, Nq) int64 with -1 rows for absent arms."""
+    mask = np.asarray(arm_mask, bool)
+    ids = np.asarray(ids, np.int64)
+    if len(ids) != mask.sum() * codes_per_arm:
+        raise ValueError(f"{len(ids)} action tokens for {int(mask.sum())} arm(s) x Nq {codes_per_arm}")
+    out = np.full((NUM_ARMS, codes_per_arm), -1, np.int64)
+    out[mask] = (ids - offset).reshape(-1, codes_per_arm)
+    return out
+
+
+class NTPModel(nn.Module):
+    """A VLM backbone that speaks action tokens. Verbs: `compute_loss(batch)`, `generate(...)`."""
+
+    def __init__(self, cfg: NTPConfig, hf_config: dict | None = None, tokenizer=None, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.vlm = build_vlm(cfg.vlm, hf_config=hf_config, tokenizer=tokenizer, seed=seed)
+        self.tokenizer = self.vlm.tokenizer
+        self.act_offset = self.vlm.act_offset
+        self.eos_id = self.tokenizer.eos_token_id
+
+    def full_mask(self, batch: NTPBatch) -> torch.Tensor:
+        """(B, N_vis + T): the visual positions are always attended."""
+        n_vis = self.vlm.visual_tokens(batch.visual)
+        ones = torch.ones(len(batch), n_vis, dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
+        return torch.cat([ones, batch.attention_mask], 1)
+
+    # -- training -----------------------------------------------------------------------------------
+
+    def target_logits(self, batch: NTPBatch, output_hidden_states: bool = False):
+        """Teacher-forced logits at the target positions: (logits (M, V) fp32, labels (M,), out)."""
+        out = self.vlm(batch.visual, batch.input_ids, self.full_mask(batch), output_hidden_states=output_hidden_states)
+        h = out.hidden[:, out.text_start :][:, :-1]  # (B, T-1, E): position j predicts token j+1
+        labels = batch.labels[:, 1:]  # (B, T-1)
+        sel = labels != IGNORE
+        return self.vlm.logits(h[sel]), labels[sel], out  # logits only where the loss reads them
+
+    def compute_loss(self, batch: NTPBatch):
+        logits, labels, _ = self.target_logits(batch)
+        ce = nn.functional.cross_entropy(logits, labels, reduction="none")  # (M,)
+        is_act = labels >= self.act_offset
+        w = torch.where(is_act, 1.0, self.cfg.subtask_weight)
+        loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+        with torch.no_grad():
+            hit = logits.argmax(-1) == labels
+            nan = torch.tensor(float("nan"), device=logits.device)
+            metrics = {
+                "ce_action": ce[is_act].mean() if is_act.any() else nan,
+                "ce_text": ce[~is_act].mean() if (~is_act).any() else nan,
+                "action_acc": hit[is_act].float().mean() if is_act.any() else nan,
+                "text_acc": hit[~is_act].float().mean() if (~is_act).any() else nan,
+            }
+        return loss, metrics
+
+    # -- decoding -----------------------------------------------------------------------------------
+
+    def _ends_with_mark(self, ids: list[int]) -> bool:
+        return self.tokenizer.decode(ids[-4:], skip_special_tokens=False).rstrip().endswith(ACTION_MARK)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        visual: torch.Tensor,
+        prompts: list[list[int]],
+        num_action_tokens: list[int],
+        use_cache: bool = True,
+    ) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+        """Greedy decoding of a batch: visual (B, ...), prompt token ids per sample (left-padded here),
+        how many action tokens each sample needs (Nq x arms). -> (text ids per sample, action ids per
+        sample, logits of the last step (B, V)). `use_cache=False` re-runs the whole sequence every
+        step (the reference the cached path must match)."""
+        B = len(prompts)
+        device = visual.device
+        L = max(len(p) for p in prompts)
+        ids = torch.full((B, L), self.eos_id if self.eos_id is not None else 0, dtype=torch.long, device=device)
+        mask = torch.zeros(B, L, dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            ids[i, L - len(p) :] = torch.tensor(p, device=device)
+            mask[i, L - len(p) :] = 1
+        n_vis = self.vlm.visual_tokens(visual)
+        mask = torch.cat([torch.ones(B, n_vis, dtype=torch.long, device=device), mask], 1)
+        act_lo, act_hi = self.act_offset, self.act_offset + self.cfg.num_codes
+        in_act = torch.zeros(B, dtype=torch.bool)
+        done = torch.zeros(B, dtype=torch.bool)
+        text: list[list[int]] = [[] for _ in range(B)]
+        acts: list[list[int]] = [[] for _ in range(B)]
+        out = self.vlm(visual, ids, mask)
+        cache, seq = out.cache, ids
+        logits = self.vlm.logits(out.hidden[:, -1])  # (B, V)
+        while not done.all():
+            nxt = torch.empty(B, dtype=torch.long)
+            for i in range(B):
+                row = logits[i]
+                if done[i]:
+                    nxt[i] = self.eos_id or 0
+                    continue
+                if not in_act[i]:
+                    free = int(row.argmax())
+                    if act_lo <= free < act_hi or free == self.eos_id or len(text[i]) >= self.cfg.max_subtask_tokens:
+                        in_act[i] = True  # the model chose to act, stopped, or ran out of text budget
+                    else:
+                        text[i].append(free)
+                        nxt[i] = free
+                        if self._ends_with_mark(text[i]):
+                            in_act[i] = True
+                        continue
+                tok = act_lo + int(row[act_lo:act_hi].argmax())  # constrained to the action vocabulary
+                acts[i].append(tok)
+                nxt[i] = tok
+                done[i] = len(acts[i]) >= num_action_tokens[i]
+            if done.all():
+                break
+            step_ids = nxt.to(device)[:, None]  # (B, 1)
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.long, device=device)], 1)
+            if use_cache:
+                out = self.vlm(None, step_ids, mask, cache=cache)
+                cache = out.cache
+            else:
+                seq = torch.cat([seq, step_ids], 1)
+                out = self.vlm(visual, seq, mask)
+            logits = self.vlm.logits(out.hidden[:, -1])
+        return text, acts, logits
+
+
+# -- artifacts and the closed-loop policy --------------------------------------------------------------
+
+
+def load_ntp(artifact, device: str | torch.device = "cpu") -> tuple[NTPModel, dict]:
+    """A CLAP-NTP artifact directory -> (model in eval mode, its config.json + meta.json)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from clap_vla.errors import ClapError
+    from clap_vla.nn.vlm import VLMConfig
+    from clap_vla.train import checkpoint as ck
+
+    artifact = Path(artifact)
+    config = ck.read_json(artifact / ck.CONFIG)
+    if "hf_config" not in config or "model" not in config:
+        raise ClapError(f"{artifact / ck.CONFIG}: not a CLAP-NTP artifact (no 'model' / 'hf_config' section)")
+    m = dict(config["model"])
+    cfg = NTPConfig(**{**m, "vlm": VLMConfig(**m["vlm"])})
+    tok_dir = artifact / "tokenizer"
+    if not tok_dir.exists():
+        raise ClapError(f"{tok_dir}: missing; the artifact is incomplete (was its training killed before step 0?)")
+    model = NTPModel(cfg, hf_config=config["hf_config"], tokenizer=AutoTokenizer.from_pretrained(tok_dir))
+    missing, unexpected = model.load_state_dict(ck.load_weights(artifact / ck.MODEL), strict=False)
+    if missing or unexpected:
+        raise ClapError(f"{artifact / ck.MODEL}: weights do not fit the config (missing {missing[:4]}, "
+                        f"unexpected {unexpected[:4]})")  # fmt: skip
+    meta = ck.read_json(artifact / ck.META) if (artifact / ck.META).exists() else {}
+    return model.to(device).eval(), {**meta, "config": config}
+
+
+class NTPPolicy:
+    """`infer(observation) -> (H, n*7)` absolute action chunk: image + instruction -> greedy tokens
+    -> Act-VAE decoder -> un-normalise with the robot's stats (relative to the current state).
+
+    `dataset` picks the norm stats by dataset name when the artifact trained on several robots;
+    by default the stats of the first dataset whose robot_type matches the observation's."""
+
+    def __init__(self, artifact, device: str = "cpu", dataset: str | None = None, use_cache: bool = True):
+        from pathlib import Path
+
+        from clap_vla.data.normalize import ActionNormalizer, NormStats
+        from clap_vla.models.act_vae import load_act_vae
+        from clap_vla.nn.frame_encoders import build_frame_encoder
+
+        self.artifact = Path(artifact)
+        self.model, meta = load_ntp(artifact, device)
+        config = meta["config"]
+        self.act_vae, _ = load_act_vae(self.artifact / "act_vae", device)
+        feats = config["features"]
+        self.pixels = bool(getattr(self.model.vlm, "uses_pixels", False))
+        self.encoder = (
+            None if self.pixels else build_frame_encoder(feats["frame_encoder"], feats["precision"]).to(device)
+        )
+        self.camera = config.get("camera")
+        self.device, self.use_cache = torch.device(device), use_cache
+        entries = meta.get("norm_stats") or []
+        if not entries:
+            raise ConfigError(f"{self.artifact}/meta.json: no norm stats; cannot turn tokens into actions")
+        self._stats = [(e, ActionNormalizer(NormStats.load(self.artifact / e["norm_stats"]))) for e in entries]
+        self.dataset = dataset
+        self.last_subtask = ""
+        from clap_vla.data.ntp import TextTokens
+
+        self.text = TextTokens(self.model.tokenizer, self.model.act_offset)
+
+    def _normalizer(self, robot: str):
+        from pathlib import Path
+
+        if self.dataset is not None:
+            for e, n in self._stats:
+                if Path(e["dataset"]).name == self.dataset:
+                    return n
+            names = [Path(e["dataset"]).name for e, _ in self._stats]
+            raise ConfigError(f"dataset {self.dataset!r} is not one the policy trained on: {names}")
+        for e, n in self._stats:
+            if e.get("robot_type") == robot:
+                return n
+        return self._stats[0][1]
+
+    def _visual(self, observation) -> torch.Tensor:
+        from clap_vla.sim.base import IMAGES
+
+        images = observation[IMAGES]
+        if not images:
+            raise ConfigError("the observation has no images")
+        cam = self.camera if self.camera in images else next(iter(images))
+        if self.camera and self.camera not in images:
+            raise ConfigError(f"the policy reads camera {self.camera!r}; the observation has {list(images)}")
+        img = torch.from_numpy(np.ascontiguousarray(np.asarray(images[cam], np.uint8).transpose(2, 0, 1)))[None]
+        if self.pixels:
+            return img[:, None].to(self.device)  # (1, 1, 3, h, w)
+        return self.encoder.encode(img)[:, None]  # (1, 1, P, C)
+
+    @torch.no_grad()
+    def infer(self, observation) -> np.ndarray:
+        from clap_vla.data.action_space import ArmLayout
+        from clap_vla.sim.base import INSTRUCTION, ROBOT_TYPE, STATE
+
+        robot = str(observation.get(ROBOT_TYPE) or "robot")
+        norm = self._normalizer(robot)
+        layout = ArmLayout(tuple(norm.stats.arms))
+        state = layout.to_unified(np.asarray(observation[STATE], np.float64))  # (A, D)
+        mask = layout.arm_mask
+        prompt = self.text.prompt(robot, str(observation.get(INSTRUCTION, "")))
+        nq = self.model.cfg.codes_per_arm
+        text, acts, _ = self.model.generate(
+            self._visual(observation), [prompt], [int(mask.sum()) * nq], use_cache=self.use_cache
+        )
+        self.last_subtask = self.model.tokenizer.decode(text[0])
+        codes = ids_to_codes(acts[0], mask, nq, self.model.act_offset)
+        chunk = self.act_vae.decode(torch.from_numpy(codes)[None].to(self.device))[0].cpu().numpy()  # (H, A, D)
+        return layout.from_unified(norm.unnormalize(chunk, state)).astype(np.float32)  # (H, n*7)
+
+
+_POLICIES: dict[str, NTPPolicy] = {}
+
+
+def cached_policy(artifact) -> NTPPolicy:
+    """One loaded policy per artifact per process (rollout workers call this per episode)."""
+    from pathlib import Path
+
+    key = str(Path(artifact).resolve())
+    if key not in _POLICIES:
+        _POLICIES[key] = NTPPolicy(artifact)
+    return _POLICIES[key]
+
+
+__all__ = [
+    "ACTION_MARK",
+    "IGNORE",
+    "PROMPT",
+    "TARGET",
+    "NTPConfig",
+    "NTPModel",
+    "NTPPolicy",
+    "cached_policy",
+    "codes_to_ids",
+    "ids_to_codes",
+    "load_ntp",
+    "prompt_text",
+    "target_text",
+]

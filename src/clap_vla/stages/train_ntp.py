@@ -1,0 +1,181 @@
+"""`clap train ntp`: robot episodes + labelled videos + a frozen Act-VAE -> a CLAP-NTP artifact.
+
+The artifact is self-contained for inference: config.json (with the backbone's architecture),
+model.safetensors, tokenizer/ (with the action vocabulary), act_vae/ (a copy of the Act-VAE whose
+decoder turns tokens into chunks), norm_stats/ (per robot dataset) and meta.json (parents by hash).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from clap_vla.configs.ntp import NTPTrainConfig
+
+TOKENIZER_DIR, ACT_VAE_DIR = "tokenizer", "act_vae"
+
+
+def visual_provider(ds_path, cfg: NTPTrainConfig, encoder, progress: bool):
+    """Frozen features (Llama builds) or uint8 pixels (backbones with their own vision tower)."""
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.ntp import FramePixels
+    from clap_vla.stages.train_vd_vae import feature_provider
+
+    if encoder is None:
+        ds = RobotDataset(ds_path)
+        return FramePixels(ds, ds.camera_key(cfg.features.camera) if cfg.features.camera else ds.cameras[0], progress)
+    return feature_provider(ds_path, cfg.features, encoder, progress=progress, clean_only=True)
+
+
+def copy_act_vae(src: Path, out: Path) -> None:
+    from clap_vla.data.atomic import atomic_directory
+    from clap_vla.train import checkpoint as ck
+
+    with atomic_directory(out / ACT_VAE_DIR, overwrite=True) as tmp:
+        for name in (ck.CONFIG, ck.MODEL, ck.META):
+            if (src / name).exists():
+                shutil.copy2(src / name, tmp / name)
+
+
+def load_samples(cfg: NTPTrainConfig, act_vae, act_meta: dict, encoder, progress: bool):
+    """(train sets, held-out sets, robot normalizers) with visual providers attached."""
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.ntp import robot_samples, video_samples
+    from clap_vla.stages.train_vd_vae import robot_normalizers
+    from clap_vla.train import checkpoint as ck
+
+    norms = robot_normalizers(Path(cfg.act_vae), act_meta, cfg.robot_data, act_vae.cfg.horizon, progress)
+    train, held = [], []
+    for p, n in zip(cfg.robot_data, norms, strict=True):
+        tr, he = robot_samples(p, act_vae, n, cfg.holdout_every, progress=progress)
+        tr.visual = he.visual = visual_provider(p, cfg, encoder, progress)
+        train.append(tr)
+        held.append(he)
+    sha = ck.parent_entry(cfg.act_vae)["sha256"]
+    for shard in cfg.video_tokens:
+        tr, he = video_samples(shard, sha, act_vae.cfg.num_codes, act_vae.cfg.codes_per_arm, cfg.holdout_every)
+        root = RobotDataset(ck.read_json(Path(shard) / "meta.json")["dataset"]["path"]).root
+        tr.visual = he.visual = visual_provider(root, cfg, encoder, progress)
+        train.append(tr)
+        held.append(he)
+    return train, held, norms
+
+
+def run(cfg: NTPTrainConfig) -> int:
+    import torch
+
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.ntp import NTPSource, TextTokens
+    from clap_vla.errors import ConfigError
+    from clap_vla.models.act_vae import load_act_vae
+    from clap_vla.models.ntp_policy import NTPModel
+    from clap_vla.nn.frame_encoders import build_frame_encoder
+    from clap_vla.stages.eval_ntp import token_metrics
+    from clap_vla.stages.train_act_vae import save_norm_stats
+    from clap_vla.train import checkpoint as ck
+    from clap_vla.train.distributed import barrier, setup
+    from clap_vla.train.loop import count_parameters, fit
+
+    if cfg.act_vae is None:
+        raise ConfigError("--act-vae: name the Act-VAE artifact whose codebook the action tokens index")
+    if not cfg.robot_data:
+        raise ConfigError("--robot-data: name at least one robot dataset")
+    info = setup(cfg.train.device)
+    progress = info.is_main and cfg.train.progress
+    act_vae, act_meta = load_act_vae(cfg.act_vae)
+    pixels = cfg.model.vlm.name.startswith("qwen3-vl:")
+    encoder = None if pixels else build_frame_encoder(cfg.features.frame_encoder, precision=cfg.features.precision)
+    if info.enabled and not info.is_main:
+        barrier()  # rank 0 builds the frame/feature caches first
+    train, held, norms = load_samples(cfg, act_vae, act_meta, encoder, progress)
+    if info.enabled and info.is_main:
+        barrier()
+    mcfg = replace(
+        cfg.model,
+        codes_per_arm=act_vae.cfg.codes_per_arm,
+        num_codes=act_vae.cfg.num_codes,
+        vlm=replace(cfg.model.vlm, num_action_tokens=act_vae.cfg.num_codes),
+    )
+    if encoder is not None:
+        dims = {s.visual.dim for s in train}
+        if len(dims) != 1:
+            raise ConfigError(f"datasets give features of different widths {sorted(dims)}; use one frame encoder")
+        mcfg = replace(mcfg, vlm=replace(mcfg.vlm, visual_dim=dims.pop()))
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = None
+    if mcfg.vlm.tokenizer == "corpus":
+        from clap_vla.data.ntp import corpus_texts
+        from clap_vla.nn.vlm import corpus_tokenizer
+
+        tokenizer = corpus_tokenizer(corpus_texts(train), mcfg.vlm.corpus_vocab)
+    model = NTPModel(mcfg, tokenizer=tokenizer, seed=cfg.train.seed)
+    text = TextTokens(model.tokenizer, model.act_offset)
+    weights = list(cfg.weights) or [float(len(s)) for s in train]
+    if len(weights) != len(train):
+        raise ConfigError(f"--weights: {len(weights)} values for {len(train)} datasets (robot first, then videos)")
+    if info.is_main:
+        print(
+            f"ntp: {count_parameters(model) / 1e6:.1f} M trainable parameters ({mcfg.vlm.name}, "
+            f"{model.vlm.num_layers} layers, vocabulary {model.vlm.vocab_size}); "
+            + ", ".join(f"{s.name} ({s.kind}) {len(s)} samples, weight {w / sum(weights):.2f}"
+                        for s, w in zip(train, weights, strict=True))
+        )  # fmt: skip
+    robot_held = [s for s in held if s.kind == "robot" and len(s)]
+
+    def evaluate(m) -> dict[str, float]:
+        if not robot_held:
+            return {}
+        return token_metrics(m, robot_held[0], text, cfg.eval_samples, cfg.eval_generate, batch_size=64)
+
+    index = None
+    if info.is_main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
+        for entry, p in zip(index, cfg.robot_data, strict=True):
+            entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
+        model.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
+        copy_act_vae(Path(cfg.act_vae), cfg.out)
+    meta = {
+        "stage": "ntp",
+        "parents": {
+            "act_vae": ck.parent_entry(cfg.act_vae),
+            **{f"video_tokens_{k}": {"path": str(Path(p).resolve())} for k, p in enumerate(cfg.video_tokens)},
+        },
+        "datasets": [
+            {"path": str(Path(p).resolve()), "fingerprint": RobotDataset(p).fingerprint(), "kind": "robot"}
+            for p in cfg.robot_data
+        ],
+        "norm_stats": index,
+        "samples": {f"{s.name} ({s.kind})": len(s) for s in train},
+    }
+    stage_config = {
+        "model": asdict(mcfg),
+        "hf_config": model.vlm.hf_config(),
+        "act_vae_model": asdict(act_vae.cfg),
+        "act_vae": str(Path(cfg.act_vae).resolve()),
+        "features": asdict(cfg.features),
+        "camera": cfg.features.camera,
+        "robot_data": [str(p) for p in cfg.robot_data],
+        "video_tokens": [str(p) for p in cfg.video_tokens],
+        "weights": weights,
+        "holdout_every": cfg.holdout_every,
+    }
+    result = fit(
+        model,
+        NTPSource(train, weights, cfg.train.batch_size, text, cfg.train.seed),
+        cfg.train,
+        cfg.out,
+        resume=cfg.resume,
+        evaluate=evaluate,
+        stage_config=stage_config,
+        meta=meta,
+        dist_info=info,
+    )
+    if info.is_main and result["eval"]:
+        e = result["eval"]
+        print(
+            f"held-out robot samples: action-token accuracy {e['action_acc']:.1%} (teacher-forced), "
+            f"{e.get('gen_action_acc', float('nan')):.1%} (free-running); artifact {cfg.out}"
+        )
+    return 0
