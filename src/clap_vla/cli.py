@@ -97,6 +97,14 @@ COMMANDS = [
         "clap_vla.configs.ntp:NTP_TRAIN_PRESETS",
     ),
     Command(
+        "train",
+        "post",
+        "Post-train CLAP-NTP into CLAP-RF: NTP adaptation, then a rectified-flow head with Knowledge Matching",
+        "clap_vla.configs.post:PostTrainConfig",
+        "clap_vla.stages.train_post:run",
+        "clap_vla.configs.post:POST_TRAIN_PRESETS",
+    ),
+    Command(
         "label",
         "",
         "Action-token shards: pseudo tokens of videos (--vd-vae) or true tokens of robot data (--act-vae)",
@@ -134,6 +142,13 @@ COMMANDS = [
     ),
     Command(
         "eval",
+        "latency",
+        "Per-chunk latency of CLAP-NTP decoding vs CLAP-RF denoising on the same backbone (p50/p95, breakdown)",
+        "clap_vla.configs.post:LatencyConfig",
+        "clap_vla.stages.eval_latency:run",
+    ),
+    Command(
+        "eval",
         "rollout",
         "Closed-loop success of a policy in simulation (per task, mean, 95% Wilson interval)",
         "clap_vla.configs.sim:RolloutConfig",
@@ -151,8 +166,6 @@ COMMANDS = [
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
 PLANNED = {
-    "train": "post",
-    "eval": "latency",
     "serve": "websocket policy server",
 }
 GROUPS = ["data", "train", "label", "eval", "serve", "demo"]

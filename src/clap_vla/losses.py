@@ -28,7 +28,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["distributed_siglip_loss", "feature_mse", "l1_mean", "same_key_mask", "siglip_loss"]
+__all__ = [
+    "KL_DIRECTIONS",
+    "distributed_siglip_loss",
+    "feature_mse",
+    "flow_matching_loss",
+    "knowledge_matching_kl",
+    "l1_mean",
+    "same_key_mask",
+    "siglip_loss",
+]
 
 
 def _compute_dtype(*xs: Tensor) -> torch.dtype:
@@ -228,3 +237,42 @@ def l1_mean(z: Tensor, mask: Tensor | None = None) -> Tensor:
     `mask` (leading dims) bool marks real vectors; an all-False mask gives 0. At least fp32.
     """
     return _masked_mean(z.to(_compute_dtype(z)).abs(), mask, "l1_mean")
+
+
+# -- CLAP-RF post-training (paper §III-E, Algorithm 4) ----------------------------------------------
+
+
+def flow_matching_loss(velocity: Tensor, noise: Tensor, actions: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Rectified-flow regression (pi0 convention, models/rf_head.py): x_t = t*eps + (1-t)*a has velocity
+    eps - a; loss = mean ||v_pred - (eps - a)||^2 over the elements of the masked (B, H[, A]) entries.
+    At least fp32."""
+    if not velocity.shape == noise.shape == actions.shape:
+        raise ValueError(
+            f"flow_matching_loss: velocity {tuple(velocity.shape)}, noise {tuple(noise.shape)} and actions "
+            f"{tuple(actions.shape)} must match"
+        )
+    dtype = _compute_dtype(velocity, noise, actions)
+    target = noise.to(dtype) - actions.to(dtype)
+    return _masked_mean((velocity.to(dtype) - target) ** 2, mask, "flow_matching_loss")
+
+
+KL_DIRECTIONS = ("policy_ref", "ref_policy")
+
+
+def knowledge_matching_kl(policy_logits: Tensor, ref_logits: Tensor, direction: str = "policy_ref") -> Tensor:
+    """Knowledge Matching (paper eq. 7): mean over the M action-token positions of the KL divergence
+    between the trainable policy's next-token distribution and the frozen reference's, over the whole
+    vocabulary. `policy_ref` is the paper's KL(p_policy || p_ref) = sum p_pol (log p_pol - log p_ref);
+    `ref_policy` is KL(p_ref || p_policy). Logits (M, V); computed in fp32 (at least); the reference
+    is treated as a constant (no gradient reaches it)."""
+    if policy_logits.shape != ref_logits.shape:
+        raise ValueError(f"KL: policy logits {tuple(policy_logits.shape)} vs reference {tuple(ref_logits.shape)}")
+    if direction not in KL_DIRECTIONS:
+        raise ValueError(f"KL direction must be one of {KL_DIRECTIONS}, got {direction!r}")
+    dtype = _compute_dtype(policy_logits, ref_logits)
+    lp = F.log_softmax(policy_logits.to(dtype), -1)
+    lr = F.log_softmax(ref_logits.detach().to(dtype), -1)
+    if len(lp) == 0:
+        return lp.sum() * 0.0
+    p, q = (lp, lr) if direction == "policy_ref" else (lr, lp)  # KL(p || q) = sum p (log p - log q)
+    return (p.exp() * (p - q)).sum(-1).mean()

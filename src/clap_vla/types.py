@@ -146,6 +146,11 @@ class NTPBatch:
     attention_mask: torch.Tensor  # (B, T) int64: 1 for real text, 0 for padding (the model prepends the visual part)
     labels: torch.Tensor  # (B, T) int64
     source: torch.Tensor  # (B,) int64: index of the dataset in the mixture
+    # Continuous targets, for CLAP-RF post-training (robot samples only):
+    actions: torch.Tensor | None = None  # (B, H, A, D) float32, normalised like the Act-VAE's input
+    action_valid: torch.Tensor | None = None  # (B, H) bool
+    arm_mask: torch.Tensor | None = None  # (B, A) bool
+    state: torch.Tensor | None = None  # (B, A, D) float32, normalised state at t (optional state token)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

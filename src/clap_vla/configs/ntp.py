@@ -17,7 +17,10 @@ class NTPTrainConfig:
     """Train CLAP-NTP on robot episodes (true Act-VAE tokens) and labelled videos (pseudo tokens)."""
 
     act_vae: Path | None = None
-    """Act-VAE artifact whose codebook the action tokens index. Required."""
+    """Act-VAE artifact whose codebook the action tokens index. Required unless --init is given."""
+    init: Path | None = None
+    """Start from this CLAP-NTP artifact (weights, tokenizer, architecture; its Act-VAE by default)
+    instead of a fresh backbone: NTP adaptation, post-training stage 1 (Algorithm 4)."""
     robot_data: tuple[Path, ...] = ()
     """Robot datasets; their chunks are tokenised by the Act-VAE at start-up."""
     video_tokens: tuple[Path, ...] = ()

@@ -63,14 +63,23 @@ class NTPSet:
     instructions: list[str]
     subtasks: list[str]
     visual: VisualProvider | None = None
+    # Robot sets also keep the continuous chunks (CLAP-RF post-training):
+    actions: torch.Tensor | None = None  # (N, H, A, D) normalised
+    valid: torch.Tensor | None = None  # (N, H) bool
+    arm_mask: torch.Tensor | None = None  # (A,) bool
+    state: torch.Tensor | None = None  # (N, A, D) float32 raw unified state at t
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def select(self, sel: np.ndarray) -> NTPSet:
+        def pick(x):
+            return None if x is None else x[torch.from_numpy(np.asarray(sel))]
+
         return NTPSet(
             self.name, self.kind, self.robot_type, self.rows[sel], self.episode[sel], self.t[sel], self.codes[sel],
             self.instruction[sel], self.subtask[sel], self.instructions, self.subtasks, self.visual,
+            pick(self.actions), pick(self.valid), self.arm_mask, pick(self.state),
         )  # fmt: skip
 
 
@@ -96,6 +105,20 @@ def text_columns(ds: RobotDataset, episode: np.ndarray, t: np.ndarray) -> tuple[
     return instr, sub, texts, subtasks
 
 
+def unified_states(ds: RobotDataset, episode: np.ndarray, t: np.ndarray) -> torch.Tensor | None:
+    """(N, A, D) float32 state at each (episode, t) in the unified arm layout; None without states."""
+    from clap_vla.data.action_space import ArmLayout
+
+    if not ds.has_state:
+        return None
+    layout = ArmLayout.for_dim(ds.dim(lf.STATE), f"{ds.root}: {lf.STATE!r}")
+    out = np.zeros((len(episode), NUM_ARMS, 7), np.float32)
+    for ep in np.unique(episode):
+        sel = np.nonzero(episode == ep)[0]
+        out[sel] = layout.to_unified(ds.episode_columns(int(ep), [lf.STATE])[lf.STATE][t[sel]])
+    return torch.from_numpy(out)
+
+
 def _split(episode: np.ndarray, holdout_every: int | None) -> np.ndarray:
     if holdout_every is None:
         return np.zeros(len(episode), bool)
@@ -118,7 +141,8 @@ def robot_samples(
     instr, sub, texts, subs = text_columns(ds, full.episode, full.t)
     s = NTPSet(
         ds.root.name, "robot", str(ds.info.get("robot_type") or "robot"), full.rows[:, 0], full.episode, full.t,
-        np.concatenate(codes), instr, sub, texts, subs,
+        np.concatenate(codes), instr, sub, texts, subs, None, full.actions, full.valid, full.arm_mask,
+        unified_states(ds, full.episode, full.t),
     )  # fmt: skip
     held = _split(s.episode, holdout_every)
     return s.select(~held), s.select(held)
@@ -232,12 +256,23 @@ def collate(sets: list[NTPSet], src: np.ndarray, idx: np.ndarray, text: TextToke
         input_ids[i, : len(x)] = torch.tensor(x)
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
+    extra = {}
+    if all(sets[int(k)].actions is not None for k in np.unique(src)):
+        rows = [(sets[int(k)], int(i)) for k, i in zip(src, idx, strict=True)]
+        extra = {
+            "actions": torch.stack([s.actions[i] for s, i in rows]),
+            "action_valid": torch.stack([s.valid[i] for s, i in rows]),
+            "arm_mask": torch.stack([s.arm_mask for s, _ in rows]),
+        }
+        if all(s.state is not None for s, _ in rows):
+            extra["state"] = torch.stack([s.state[i] for s, i in rows])
     return NTPBatch(
         visual=torch.stack(visual)[:, None],  # (B, N=1, ...)
         input_ids=input_ids,
         attention_mask=mask,
         labels=labels,
         source=torch.from_numpy(src.astype(np.int64)),
+        **extra,
     )
 
 

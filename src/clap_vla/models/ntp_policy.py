@@ -18,6 +18,7 @@ always decodes through the Act-VAE.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,6 +97,7 @@ class NTPModel(nn.Module):
         self.tokenizer = self.vlm.tokenizer
         self.act_offset = self.vlm.act_offset
         self.eos_id = self.tokenizer.eos_token_id
+        self.last_timing: dict[str, float] = {}  # seconds of the last generate(): prefix, decode
 
     def full_mask(self, batch: NTPBatch) -> torch.Tensor:
         """(B, N_vis + T): the visual positions are always attended."""
@@ -162,9 +164,11 @@ class NTPModel(nn.Module):
         done = torch.zeros(B, dtype=torch.bool)
         text: list[list[int]] = [[] for _ in range(B)]
         acts: list[list[int]] = [[] for _ in range(B)]
+        t0 = time.perf_counter()
         out = self.vlm(visual, ids, mask)
         cache, seq = out.cache, ids
         logits = self.vlm.logits(out.hidden[:, -1])  # (B, V)
+        t1 = time.perf_counter()
         while not done.all():
             nxt = torch.empty(B, dtype=torch.long)
             for i in range(B):
@@ -197,6 +201,7 @@ class NTPModel(nn.Module):
                 seq = torch.cat([seq, step_ids], 1)
                 out = self.vlm(visual, seq, mask)
             logits = self.vlm.logits(out.hidden[:, -1])
+        self.last_timing = {"prefix_s": t1 - t0, "decode_s": time.perf_counter() - t1}
         return text, acts, logits
 
 
@@ -242,11 +247,13 @@ class NTPPolicy:
         from pathlib import Path
 
         from clap_vla.data.normalize import ActionNormalizer, NormStats
+        from clap_vla.data.ntp import TextTokens
         from clap_vla.models.act_vae import load_act_vae
         from clap_vla.nn.frame_encoders import build_frame_encoder
 
         self.artifact = Path(artifact)
-        self.model, meta = load_ntp(artifact, device)
+        self.device, self.use_cache = torch.device(device), use_cache
+        meta = self._load(self.artifact, device)  # sets self.model (the NTP model that owns the tokenizer)
         config = meta["config"]
         self.act_vae, _ = load_act_vae(self.artifact / "act_vae", device)
         feats = config["features"]
@@ -255,16 +262,18 @@ class NTPPolicy:
             None if self.pixels else build_frame_encoder(feats["frame_encoder"], feats["precision"]).to(device)
         )
         self.camera = config.get("camera")
-        self.device, self.use_cache = torch.device(device), use_cache
         entries = meta.get("norm_stats") or []
         if not entries:
             raise ConfigError(f"{self.artifact}/meta.json: no norm stats; cannot turn tokens into actions")
         self._stats = [(e, ActionNormalizer(NormStats.load(self.artifact / e["norm_stats"]))) for e in entries]
         self.dataset = dataset
         self.last_subtask = ""
-        from clap_vla.data.ntp import TextTokens
-
+        self.last_timing: dict[str, float] = {}
         self.text = TextTokens(self.model.tokenizer, self.model.act_offset)
+
+    def _load(self, artifact, device) -> dict:
+        self.model, meta = load_ntp(artifact, device)
+        return meta
 
     def _normalizer(self, robot: str):
         from pathlib import Path
@@ -294,25 +303,38 @@ class NTPPolicy:
             return img[:, None].to(self.device)  # (1, 1, 3, h, w)
         return self.encoder.encode(img)[:, None]  # (1, 1, P, C)
 
+    def _chunk(self, visual: torch.Tensor, prompt: list[int], mask: np.ndarray) -> np.ndarray:
+        """Greedy tokens -> Act-VAE decoder -> normalised chunk (H, A, D)."""
+        nq = self.model.cfg.codes_per_arm
+        text, acts, _ = self.model.generate(visual, [prompt], [int(mask.sum()) * nq], use_cache=self.use_cache)
+        self.last_timing.update(self.model.last_timing)
+        t0 = time.perf_counter()
+        self.last_subtask = self.model.tokenizer.decode(text[0])
+        codes = ids_to_codes(acts[0], mask, nq, self.model.act_offset)
+        chunk = self.act_vae.decode(torch.from_numpy(codes)[None].to(self.device))[0].cpu().numpy()
+        self.last_timing["post_s"] = time.perf_counter() - t0
+        return chunk
+
     @torch.no_grad()
     def infer(self, observation) -> np.ndarray:
+        """Observation -> absolute chunk (H, n*7); `last_timing` holds the seconds spent in encode,
+        prefix, decode (or denoise) and post (tokens/velocities -> absolute actions)."""
         from clap_vla.data.action_space import ArmLayout
         from clap_vla.sim.base import INSTRUCTION, ROBOT_TYPE, STATE
 
+        t0 = time.perf_counter()
         robot = str(observation.get(ROBOT_TYPE) or "robot")
         norm = self._normalizer(robot)
         layout = ArmLayout(tuple(norm.stats.arms))
         state = layout.to_unified(np.asarray(observation[STATE], np.float64))  # (A, D)
-        mask = layout.arm_mask
         prompt = self.text.prompt(robot, str(observation.get(INSTRUCTION, "")))
-        nq = self.model.cfg.codes_per_arm
-        text, acts, _ = self.model.generate(
-            self._visual(observation), [prompt], [int(mask.sum()) * nq], use_cache=self.use_cache
-        )
-        self.last_subtask = self.model.tokenizer.decode(text[0])
-        codes = ids_to_codes(acts[0], mask, nq, self.model.act_offset)
-        chunk = self.act_vae.decode(torch.from_numpy(codes)[None].to(self.device))[0].cpu().numpy()  # (H, A, D)
-        return layout.from_unified(norm.unnormalize(chunk, state)).astype(np.float32)  # (H, n*7)
+        visual = self._visual(observation)
+        self.last_timing = {"encode_s": time.perf_counter() - t0}
+        chunk = self._chunk(visual, prompt, layout.arm_mask)  # (H, A, D) normalised
+        t1 = time.perf_counter()
+        out = layout.from_unified(norm.unnormalize(chunk, state)).astype(np.float32)  # (H, n*7)
+        self.last_timing["post_s"] = self.last_timing.get("post_s", 0.0) + time.perf_counter() - t1
+        return out
 
 
 _POLICIES: dict[str, NTPPolicy] = {}

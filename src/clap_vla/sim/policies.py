@@ -113,7 +113,10 @@ BUILTIN = {"expert": expert, "random": random, "noop": noop}
 
 
 # Stage name in a trained artifact's meta.json -> "module:function" that loads its policy once per process.
-ARTIFACT_POLICIES = {"ntp": "clap_vla.models.ntp_policy:cached_policy"}
+ARTIFACT_POLICIES = {
+    "ntp": "clap_vla.models.ntp_policy:cached_policy",
+    "post": "clap_vla.models.clap_policy:cached_policy",
+}
 
 
 def load_artifact_policy(path: Path) -> Policy:

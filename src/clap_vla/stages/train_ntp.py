@@ -36,6 +36,8 @@ def copy_act_vae(src: Path, out: Path) -> None:
         for name in (ck.CONFIG, ck.MODEL, ck.META):
             if (src / name).exists():
                 shutil.copy2(src / name, tmp / name)
+        if (src / "norm_stats").is_dir():  # meta.json's norm-stats index points into it
+            shutil.copytree(src / "norm_stats", tmp / "norm_stats")
 
 
 def load_samples(cfg: NTPTrainConfig, act_vae, act_meta: dict, encoder, progress: bool):
@@ -77,10 +79,26 @@ def run(cfg: NTPTrainConfig) -> int:
     from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit
 
+    if cfg.act_vae is None and cfg.init is not None:
+        cfg = replace(cfg, act_vae=Path(cfg.init) / ACT_VAE_DIR)
     if cfg.act_vae is None:
         raise ConfigError("--act-vae: name the Act-VAE artifact whose codebook the action tokens index")
+    if cfg.init is not None:
+        init_av = ck.parent_entry(Path(cfg.init) / ACT_VAE_DIR)["sha256"]
+        if ck.parent_entry(cfg.act_vae)["sha256"] != init_av:
+            raise ConfigError(
+                f"--act-vae {cfg.act_vae} is not the Act-VAE that {cfg.init} speaks (weights sha256 "
+                f"{ck.parent_entry(cfg.act_vae)['sha256'][:12]} vs {init_av[:12]}); omit --act-vae to use its own"
+            )
     if not cfg.robot_data:
         raise ConfigError("--robot-data: name at least one robot dataset")
+    init_model = None
+    if cfg.init is not None:  # its architecture, tokenizer and frame features win over --model/--features
+        from clap_vla.configs.vd_vae import FeatureConfig
+        from clap_vla.models.ntp_policy import load_ntp
+
+        init_model, init_meta = load_ntp(cfg.init)
+        cfg = replace(cfg, model=init_model.cfg, features=FeatureConfig(**init_meta["config"]["features"]))
     info = setup(cfg.train.device)
     progress = info.is_main and cfg.train.progress
     act_vae, act_meta = load_act_vae(cfg.act_vae)
@@ -104,12 +122,21 @@ def run(cfg: NTPTrainConfig) -> int:
         mcfg = replace(mcfg, vlm=replace(mcfg.vlm, visual_dim=dims.pop()))
     torch.manual_seed(cfg.train.seed)
     tokenizer = None
-    if mcfg.vlm.tokenizer == "corpus":
+    if init_model is not None:
+        if mcfg != init_model.cfg:
+            raise ConfigError(
+                f"{cfg.init}: its model ({init_model.cfg.vlm.name}, K {init_model.cfg.num_codes}, Nq "
+                f"{init_model.cfg.codes_per_arm}, visual dim {init_model.cfg.vlm.visual_dim}) does not fit this data "
+                f"and Act-VAE (K {mcfg.num_codes}, Nq {mcfg.codes_per_arm}, visual dim {mcfg.vlm.visual_dim})"
+            )
+        model = init_model.train()
+    elif mcfg.vlm.tokenizer == "corpus":
         from clap_vla.data.ntp import corpus_texts
         from clap_vla.nn.vlm import corpus_tokenizer
 
         tokenizer = corpus_tokenizer(corpus_texts(train), mcfg.vlm.corpus_vocab)
-    model = NTPModel(mcfg, tokenizer=tokenizer, seed=cfg.train.seed)
+    if init_model is None:
+        model = NTPModel(mcfg, tokenizer=tokenizer, seed=cfg.train.seed)
     text = TextTokens(model.tokenizer, model.act_offset)
     weights = list(cfg.weights) or [float(len(s)) for s in train]
     if len(weights) != len(train):
@@ -140,6 +167,7 @@ def run(cfg: NTPTrainConfig) -> int:
         "stage": "ntp",
         "parents": {
             "act_vae": ck.parent_entry(cfg.act_vae),
+            **({"init": ck.parent_entry(cfg.init)} if cfg.init is not None else {}),
             **{f"video_tokens_{k}": {"path": str(Path(p).resolve())} for k, p in enumerate(cfg.video_tokens)},
         },
         "datasets": [
@@ -154,6 +182,7 @@ def run(cfg: NTPTrainConfig) -> int:
         "hf_config": model.vlm.hf_config(),
         "act_vae_model": asdict(act_vae.cfg),
         "act_vae": str(Path(cfg.act_vae).resolve()),
+        "init": str(Path(cfg.init).resolve()) if cfg.init is not None else None,
         "features": asdict(cfg.features),
         "camera": cfg.features.camera,
         "robot_data": [str(p) for p in cfg.robot_data],

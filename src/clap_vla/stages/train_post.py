@@ -1,0 +1,162 @@
+"""`clap train post`: a CLAP-NTP artifact -> (stage 1) an adapted NTP artifact -> (stage 2) a CLAP-RF
+artifact (paper Algorithm 4). Each stage resumes on its own; a finished stage 1 is reused."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from clap_vla.configs.post import PostTrainConfig
+
+STAGE1 = "stage1_ntp"
+
+
+def adapt(cfg: PostTrainConfig) -> Path:
+    """Stage 1: NTP adaptation from the given artifact (robot tokens + video pseudo tokens)."""
+    from clap_vla.configs.ntp import NTPTrainConfig
+    from clap_vla.stages import train_ntp
+    from clap_vla.train import checkpoint as ck
+
+    out = cfg.out / STAGE1
+    state = out / ck.CHECKPOINT / ck.STATE
+    done = state.exists() and ck.read_json(state).get("step", 0) >= cfg.adapt.steps
+    if done:
+        print(f"stage 1: reusing the adapted NTP policy in {out}")
+        return out
+    ncfg = NTPTrainConfig(
+        init=cfg.ntp, robot_data=cfg.robot_data, video_tokens=cfg.video_tokens, weights=cfg.weights, out=out,
+        train=cfg.adapt, holdout_every=cfg.holdout_every, eval_samples=cfg.eval_samples, eval_generate=0,
+        resume=cfg.resume or state.exists(),
+    )  # fmt: skip
+    train_ntp.run(ncfg)
+    return out
+
+
+def rf_metrics(model, s, text, samples: int, batch_size: int = 64, steps: int | None = None) -> dict[str, float]:
+    """Held-out robot samples: MSE of sampled chunks vs the true normalised chunk (valid steps and
+    present arms), and the policy's teacher-forced action-token accuracy (what KM preserves)."""
+    import numpy as np
+    import torch
+
+    from clap_vla.data.ntp import iterate
+    from clap_vla.train.loop import to_device
+
+    was = model.training
+    model.eval()
+    se = n = hit = tot = 0.0
+    g = torch.Generator().manual_seed(0)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for pos, b in iterate(s, text, batch_size, limit=samples):
+            b = to_device(b, dev)
+            prompts = [text.prompt(s.robot_type, s.instructions[s.instruction[i]]) for i in pos]
+            x = model.sample_actions(b.visual, prompts, b.arm_mask, steps, generator=g)
+            m = (b.action_valid[:, :, None] & b.arm_mask[:, None, :]).float()[..., None]  # (B, H, A, 1)
+            se += float((((x - b.actions) ** 2) * m).sum())
+            n += float(m.sum()) * x.shape[-1]
+            logits, labels, _ = model.policy.target_logits(b)
+            act = labels >= model.policy.act_offset
+            hit += float((logits.argmax(-1)[act] == labels[act]).sum())
+            tot += float(act.sum())
+    model.train(was)
+    mse = se / max(n, 1)
+    return {"chunk_mse": mse, "chunk_psnr": float(20 * np.log10(2.0 / np.sqrt(max(mse, 1e-12)))),
+            "action_acc": hit / max(tot, 1)}  # fmt: skip
+
+
+def run(cfg: PostTrainConfig) -> int:
+    import torch
+
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.ntp import NTPSource, TextTokens
+    from clap_vla.errors import ConfigError
+    from clap_vla.models.act_vae import load_act_vae
+    from clap_vla.models.clap_policy import ClapModel, reference_copy
+    from clap_vla.models.ntp_policy import load_ntp
+    from clap_vla.nn.frame_encoders import build_frame_encoder
+    from clap_vla.stages.train_act_vae import save_norm_stats
+    from clap_vla.stages.train_ntp import ACT_VAE_DIR, TOKENIZER_DIR, copy_act_vae, load_samples
+    from clap_vla.train import checkpoint as ck
+    from clap_vla.train.loop import count_parameters, fit
+
+    if cfg.ntp is None:
+        raise ConfigError("--ntp: name the CLAP-NTP artifact to post-train")
+    if not cfg.robot_data:
+        raise ConfigError("--robot-data: name the target robot's datasets")
+    parent = adapt(cfg) if cfg.adapt_stage else Path(cfg.ntp)
+    mcfg = cfg.resolved_model()
+    policy, pmeta = load_ntp(parent)
+    pconf = pmeta["config"]
+    reference = reference_copy(policy) if mcfg.km_weight > 0 else None
+    act_dir = parent / ACT_VAE_DIR
+    act_vae, act_meta = load_act_vae(act_dir)
+    from clap_vla.configs.ntp import NTPTrainConfig
+    from clap_vla.configs.vd_vae import FeatureConfig
+
+    ncfg = NTPTrainConfig(act_vae=act_dir, robot_data=cfg.robot_data, holdout_every=cfg.holdout_every,
+                          features=FeatureConfig(**pconf["features"]))  # fmt: skip
+    pixels = bool(getattr(policy.vlm, "uses_pixels", False))
+    encoder = None if pixels else build_frame_encoder(ncfg.features.frame_encoder, ncfg.features.precision)
+    train, held, norms = load_samples(ncfg, act_vae, act_meta, encoder, cfg.train.progress)
+    torch.manual_seed(cfg.train.seed)
+    model = ClapModel(mcfg, policy, act_vae.cfg.horizon, reference)
+    text = TextTokens(policy.tokenizer, policy.act_offset)
+    print(
+        f"post (stage 2): RF head {count_parameters(model.head) / 1e6:.2f} M reading VLM layers {model.layers} "
+        f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}){', KI' if mcfg.ki else ''}; "
+        + ", ".join(f"{s.name} {len(s)} samples" for s in train)
+    )
+
+    def evaluate(m) -> dict[str, float]:
+        return rf_metrics(m, held[0], text, cfg.eval_samples)
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
+    for entry, p in zip(index, cfg.robot_data, strict=True):
+        entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
+    policy.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
+    copy_act_vae(act_dir, cfg.out)
+    meta = {
+        "stage": "post",
+        "parents": {"ntp": ck.parent_entry(cfg.ntp), "reference": ck.parent_entry(parent)},
+        "datasets": [
+            {"path": str(Path(p).resolve()), "fingerprint": RobotDataset(p).fingerprint(), "kind": "robot"}
+            for p in cfg.robot_data
+        ],
+        "norm_stats": index,
+        "samples": {s.name: len(s) for s in train},
+    }
+    clap = asdict(mcfg)
+    clap["rf"]["layers"] = list(model.layers)  # the resolved layer list, so loading never re-derives it
+    stage_config = {
+        "clap": clap,
+        "ntp_model": asdict(policy.cfg),
+        "hf_config": policy.vlm.hf_config(),
+        "horizon": act_vae.cfg.horizon,
+        "features": pconf["features"],
+        "camera": pconf.get("camera"),
+        "ntp": str(Path(cfg.ntp).resolve()),
+        "reference": str(parent.resolve()),
+        "robot_data": [str(p) for p in cfg.robot_data],
+        "holdout_every": cfg.holdout_every,
+    }
+    result = fit(
+        model,
+        NTPSource(train, [float(len(s)) for s in train], cfg.train.batch_size, text, cfg.train.seed),
+        cfg.train,
+        cfg.out,
+        resume=cfg.resume,
+        evaluate=evaluate,
+        stage_config=stage_config,
+        meta=meta,
+    )
+    if result["eval"]:
+        e = result["eval"]
+        print(
+            f"held-out robot samples: sampled-chunk PSNR {e['chunk_psnr']:.2f} dB (MSE {e['chunk_mse']:.4f}), "
+            f"action-token accuracy {e['action_acc']:.1%}; artifact {cfg.out}"
+        )
+    return 0
+
+
+__all__ = ["adapt", "rf_metrics", "run"]
