@@ -156,6 +156,13 @@ COMMANDS = [
         "clap_vla.configs.sim:ROLLOUT_PRESETS",
     ),
     Command(
+        "serve",
+        "",
+        "Serve a policy over websockets to openpi clients (msgpack-numpy protocol; docs/serving.md)",
+        "clap_vla.configs.serve:ServeConfig",
+        "clap_vla.stages.serve:run",
+    ),
+    Command(
         "demo",
         "",
         "The end-to-end job on embedded defaults (what `make demo` runs)",
@@ -165,9 +172,7 @@ COMMANDS = [
     ),
 ]
 # Groups whose commands arrive with later stages of the pipeline (see README, "Stages").
-PLANNED = {
-    "serve": "websocket policy server",
-}
+PLANNED: dict[str, str] = {}
 GROUPS = ["data", "train", "label", "eval", "serve", "demo"]
 
 
@@ -189,7 +194,7 @@ def _overview() -> str:
         cmds = [c for c in COMMANDS if c.group == g]
         lines += [f"  {c.usage:<{width}}{c.summary}" for c in cmds]
         if not cmds:
-            lines.append(f"  {'clap ' + g:<{width}}not implemented yet (planned: {PLANNED[g]})")
+            lines.append(f"  {'clap ' + g:<{width}}not implemented yet (planned: {PLANNED.get(g, 'a later stage')})")
     lines += ["", "`clap <group> <command> --help` lists a command's flags and presets."]
     return "\n".join(lines)
 
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unknown group {group!r}." + _suggest(group, GROUPS))
     cmds = {c.name: c for c in COMMANDS if c.group == group}
     if not cmds:
-        return _fail(f"`clap {group}` has no commands yet (planned: {PLANNED[group]}).")
+        return _fail(f"`clap {group}` has no commands yet (planned: {PLANNED.get(group, 'a later stage')}).")
     if "" in cmds:
         cmd = cmds[""]
     else:

@@ -134,10 +134,14 @@ def load_artifact_policy(path: Path) -> Policy:
 
 
 def load_factory(spec: str) -> PolicySpec:
-    """'expert' | 'random' | 'noop' | a trained policy artifact directory | 'package.module:name' -> a
-    factory or a policy object (see the module docstring)."""
+    """'expert' | 'random' | 'noop' | a trained policy artifact directory | 'ws://host:port' (a policy
+    server) | 'package.module:name' -> a factory or a policy object (see the module docstring)."""
     if spec in BUILTIN:
         return BUILTIN[spec]
+    if spec.startswith(("ws://", "wss://")):  # a policy served by `clap serve` (or openpi's server)
+        from clap_vla.serve.client import RemotePolicy
+
+        return RemotePolicy(spec)  # connects lazily; pickles without its socket
     if (Path(spec) / "meta.json").exists():
         return load_artifact_policy(Path(spec))
     if ":" not in spec:
