@@ -406,3 +406,11 @@ def test_a_trained_artifact_served_by_path(ntp_artifact):
         with pytest.raises(BadRequest, match="state"):
             c.infer({**obs, "state": np.zeros(6, np.float32)})
         assert c.infer(obs)["actions"].shape == (8, 7)
+
+
+def test_rollout_policy_spec_ws_url_gives_a_lazy_remote_policy():
+    from clap_vla.serve.client import RemotePolicy
+    from clap_vla.sim.policies import load_factory
+
+    pol = load_factory("ws://127.0.0.1:9")  # nothing listens there: construction must not connect
+    assert isinstance(pol, RemotePolicy) and pol.url == "ws://127.0.0.1:9"

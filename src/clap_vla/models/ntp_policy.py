@@ -161,7 +161,7 @@ class NTPModel(nn.Module):
         mask = torch.cat([torch.ones(B, n_vis, dtype=torch.long, device=device), mask], 1)
         act_lo, act_hi = self.act_offset, self.act_offset + self.cfg.num_codes
         in_act = torch.zeros(B, dtype=torch.bool)
-        done = torch.zeros(B, dtype=torch.bool)
+        done = torch.tensor([n <= 0 for n in num_action_tokens], dtype=torch.bool)
         text: list[list[int]] = [[] for _ in range(B)]
         acts: list[list[int]] = [[] for _ in range(B)]
         t0 = time.perf_counter()
