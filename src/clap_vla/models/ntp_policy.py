@@ -337,16 +337,17 @@ class NTPPolicy:
         return out
 
 
-_POLICIES: dict[str, NTPPolicy] = {}
+_POLICIES: dict[tuple[str, str], NTPPolicy] = {}
 
 
-def cached_policy(artifact) -> NTPPolicy:
-    """One loaded policy per artifact per process (rollout workers call this per episode)."""
+def cached_policy(artifact, cls: type[NTPPolicy] = NTPPolicy) -> NTPPolicy:
+    """One loaded policy per (artifact, policy class) per process (rollout workers call this per
+    episode)."""
     from pathlib import Path
 
-    key = str(Path(artifact).resolve())
+    key = (str(Path(artifact).resolve()), cls.__qualname__)
     if key not in _POLICIES:
-        _POLICIES[key] = NTPPolicy(artifact)
+        _POLICIES[key] = cls(artifact)
     return _POLICIES[key]
 
 
