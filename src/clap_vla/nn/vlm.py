@@ -106,8 +106,18 @@ def _cache_dir(name: str) -> Path:
     return default_cache_dir().parent / name
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a freshly written cache directory into place; if another process won the race, drop ours."""
+    import shutil
+
+    if final.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.replace(final)
+
+
 def base_tokenizer():
-    """SmolLM2's tokenizer (from the GGUF the first time, then from a saved copy: 4 s -> 0.1 s)."""
+    """SmolLM2's tokenizer: read from the GGUF once (seconds), then from a saved copy in the cache dir."""
     from transformers import AutoTokenizer
 
     saved = _cache_dir("tokenizers") / "smollm2"
@@ -116,7 +126,7 @@ def base_tokenizer():
     tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     tmp = saved.with_name(f".smollm2.{id(tok)}.tmp")
     tok.save_pretrained(tmp)
-    tmp.replace(saved) if not saved.exists() else None
+    _publish(tmp, saved)
     return tok
 
 
@@ -186,7 +196,7 @@ def smollm2_pretrained():
     )
     tmp = saved.with_name(f".smollm2-135m.{id(m)}.tmp")
     m.save_pretrained(tmp)
-    tmp.replace(saved) if not saved.exists() else None
+    _publish(tmp, saved)
     return AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32)
 
 
