@@ -113,12 +113,9 @@ def run(cfg: NTPEvalConfig) -> int:
             f"chunks exact); subtask text {m['text_acc']:.1%}"
         )
         if "latency" not in results:
-            import torch
-
             vis = held.visual.get(held.rows[:1], np.zeros(1, np.int64))[:, None]
             prompt = text.prompt(held.robot_type, held.instructions[held.instruction[0]])
             n_act = int((held.codes[0] >= 0).all(-1).sum()) * model.cfg.codes_per_arm
-            torch.set_num_threads(torch.get_num_threads())
             results["latency"] = decode_latency(model, vis, prompt, n_act)
             lat = results["latency"]
             print(
