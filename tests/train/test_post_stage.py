@@ -96,3 +96,6 @@ def test_post_artifact_is_a_policy_and_latency_reports_both(ntp, tmp_path, monke
     assert main(["eval", "latency", "--policy", str(out), "--repeats", "2", "--warmup", "0", "--steps", "1", "4"]) == 0
     lat = json.loads((out / "eval" / "latency.json").read_text())
     assert lat["ntp"]["p50_ms"] > 0 and lat["rf_4"]["denoise_p50_ms"] > 0 and lat["ratio_ntp_over_rf_1"] > 0
+    # The ceiling excludes the head's own time, so it lies above the measured ratios (up to timing noise).
+    shared = lat["rf_4"]["encode_p50_ms"] + lat["rf_4"]["prefix_p50_ms"]
+    assert lat["shared_encode_prefix_p50_ms"] > 0 and lat["ratio_ceiling"] > 0.8 * lat["ntp"]["p50_ms"] / shared
