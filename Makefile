@@ -36,12 +36,12 @@ bench: setup
 	$(PY) benchmarks/bench_bimanual.py --out benchmarks/results/bimanual.json
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
 format: setup
-	$(VENV)/bin/ruff check --fix src tests benchmarks
-	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks experiments
+	$(VENV)/bin/ruff format src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -2,8 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from clap_vla.cli import main
 
 
@@ -54,15 +52,3 @@ def test_validate_reports_problems_with_exit_1(toy, tmp_path, capsys):
 def test_config_validation_error_names_the_field(tmp_path, capsys):
     assert main(["data", "import-videos", str(tmp_path), "--out", str(tmp_path / "o"), "--fps", "0"]) == 2
     assert "fps must be positive" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("preset", ["tiny"])
-def test_demo_runs_and_resumes(tmp_path, capsys, preset):
-    out = tmp_path / "demo"
-    assert main(["demo", "--config", preset, "--out", str(out)]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["video_roundtrip_psnr_db"] > 30 and report["human_window_has_action"] is False
-    first = capsys.readouterr().out
-    assert "skipping" not in first
-    assert main(["demo", "--config", preset, "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("already done, skipping") == 4

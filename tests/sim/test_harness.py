@@ -225,3 +225,16 @@ def test_attempt_limit_does_not_depend_on_look_ahead(tmp_path, monkeypatch, epis
         assert f"succeeded in only {len(successes)} of {limit} episodes" in outcomes[0]
     else:
         assert outcomes[0] == expected
+
+
+def test_workers_share_the_cores_instead_of_oversubscribing(monkeypatch):
+    """Each of N worker processes gets cores // N intra-op threads (torch reads OMP_NUM_THREADS when
+    the policy imports it); a value the user set is kept."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    got = list(workers.ordered_imap(os.getenv, ["OMP_NUM_THREADS"] * 2, 2))
+    assert got == [str(max(1, cores // 2))] * 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert list(workers.ordered_imap(os.getenv, ["OMP_NUM_THREADS"] * 2, 2)) == ["7", "7"]

@@ -1,4 +1,4 @@
-"""Config of `clap demo`: the end-to-end job on embedded defaults."""
+"""Config of `clap demo`: the whole CLAP pipeline on embedded defaults (Meta-World)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,108 @@ from clap_vla.errors import ConfigError
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """Generate a small Meta-World set, train Act-VAE -> VD-VAE -> labels -> CLAP-NTP -> CLAP-RF,
+    evaluate in closed loop and write a report with plots. Each step is skipped when its output
+    exists, and an interrupted training step resumes from its last checkpoint."""
+
     out: Path = Path("outputs/demo")
     """Where every artifact of the demo goes; a second run resumes finished steps."""
-    robot_episodes: int = 24
-    """Toy robot episodes with actions."""
-    video_episodes: int = 8
-    """Action-free clips, imported from plain mp4 files like a user's human videos."""
-    length: int = 60
-    """Frames per episode."""
+    robot_tasks: str = "door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3"
+    """Task set A: robot demonstrations (with actions) and human-domain videos."""
+    video_only_tasks: str = "window-close-v3,drawer-open-v3"
+    """Task set B: ONLY action-free human-domain videos; the robot never sees a demonstration."""
+    robot_episodes: int = 15
+    """Robot demonstrations per task of set A."""
+    video_episodes: int = 10
+    """Human-domain videos per task of sets A and B."""
     size: int = 128
-    """Image size."""
-    horizon: int = 16
-    """Chunk horizon H for windows and normalisation stats."""
-    batch_size: int = 16
-    """Batch size of the loading check."""
+    """Image height and width."""
+    workers: int = 2
+    """Simulator processes for data generation and closed-loop evaluation."""
+    act_vae: str = "act_vae_cpu"
+    """`clap train act-vae` preset."""
+    act_vae_steps: int = 800
+    rd_grid: tuple[int, ...] = (4, 256, 8, 256, 16, 256)
+    """Rate-distortion points as flat (Nq, K) pairs (`clap eval rate-distortion --grid`)."""
+    rd_steps: int = 250
+    """Training steps per rate-distortion point (the `cpu` preset's small Act-VAE)."""
+    vd_vae: str = "vd_vae_small"
+    """`clap train vd-vae` preset."""
+    vd_vae_steps: int = 300
+    ntp: str = "ntp_small"
+    """`clap train ntp` preset."""
+    ntp_steps: int = 800
+    post: str = "post_small"
+    """`clap train post` preset."""
+    adapt_steps: int = 100
+    """Post-training stage 1 (NTP adaptation on robot tokens + video pseudo tokens)."""
+    post_steps: int = 300
+    """Post-training stage 2 (RF head + Knowledge Matching)."""
+    batch_size: int = 32
+    """Batch size of every training step except the Act-VAE's (its preset's)."""
+    holdout_every: int = 10
+    """Every n-th episode is held out of training (for the held-out metrics)."""
+    """Batch size of every training step except the Act-VAE's (its preset's)."""
+    eval_episodes: int = 5
+    """Closed-loop episodes per task and policy."""
+    eval_max_steps: int = 200
+    """Step budget per closed-loop episode."""
+    latency_repeats: int = 10
+    progress: bool = True
+    """Progress bars inside each step."""
     seed: int = 0
-    """Random seed."""
 
     def __post_init__(self) -> None:
-        if self.robot_episodes < 1 or self.video_episodes < 1:
-            raise ConfigError("robot_episodes and video_episodes must be >= 1")
-        if self.horizon < 1 or self.horizon >= self.length:
-            raise ConfigError(f"horizon must be in [1, length), got {self.horizon} with length {self.length}")
+        if not self.robot_tasks.strip():
+            raise ConfigError("robot_tasks is empty: the demo needs robot demonstrations for at least one task")
+        both = set(self.tasks_a) & set(self.tasks_b)
+        if both:
+            raise ConfigError(f"tasks {sorted(both)} are in both robot_tasks and video_only_tasks")
+        if len(self.rd_grid) % 2 or not self.rd_grid:
+            raise ConfigError(f"rd_grid must hold (Nq, K) pairs, got {self.rd_grid}")
+        small = {k: v for k, v in vars(self).items() if k.endswith(("_steps", "_episodes", "_repeats")) and v < 1}
+        if small or self.workers < 1 or self.batch_size < 1 or self.holdout_every < 2:
+            raise ConfigError(
+                f"step, episode, worker and batch counts must be >= 1 (holdout_every >= 2), got {small or vars(self)}"
+            )
 
+    @property
+    def tasks_a(self) -> list[str]:
+        return [t for t in self.robot_tasks.split(",") if t]
+
+    @property
+    def tasks_b(self) -> list[str]:
+        return [t for t in self.video_only_tasks.split(",") if t]
+
+
+_TINY = DemoConfig(
+    out=Path("outputs/demo_tiny"),
+    robot_tasks="reach-v3",
+    video_only_tasks="drawer-close-v3",
+    robot_episodes=3,
+    video_episodes=2,
+    size=64,
+    act_vae="act_vae_tiny",
+    act_vae_steps=20,
+    rd_grid=(2, 16, 4, 16),
+    rd_steps=10,
+    vd_vae="vd_vae_tiny",
+    vd_vae_steps=6,
+    ntp="ntp_tiny",
+    ntp_steps=8,
+    post="post_tiny",
+    adapt_steps=2,
+    post_steps=4,
+    batch_size=8,
+    holdout_every=2,
+    eval_episodes=1,
+    eval_max_steps=12,
+    latency_repeats=2,
+    progress=False,
+)
 
 DEMO_PRESETS = {
     "default": DemoConfig(),
-    "tiny": DemoConfig(
-        out=Path("outputs/demo_tiny"),
-        robot_episodes=3,
-        video_episodes=2,
-        length=24,
-        size=64,
-        horizon=8,
-        batch_size=4,
-    ),
+    # The test suite's end-to-end run: every step on toy sizes, in about a minute.
+    "tiny": _TINY,
 }

@@ -13,7 +13,9 @@ with the original exception as its `__cause__` (also across processes, when it c
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -26,6 +28,7 @@ R = TypeVar("R")
 
 MAX_CACHED_ENVS = 2
 _ENVS: OrderedDict[tuple, Any] = OrderedDict()
+_CLOSE_AT_EXIT = False
 
 
 def cached_env(env_name: str, task: str, **kwargs: Any) -> Any:
@@ -41,6 +44,16 @@ def cached_env(env_name: str, task: str, **kwargs: Any) -> Any:
         _, old = _ENVS.popitem(last=False)
         old.close()
     env = env_module(env_name).make(task, **kwargs)
+    global _CLOSE_AT_EXIT
+    if not _CLOSE_AT_EXIT:
+        # Close cached simulators (and their GL contexts) at exit. Registered after the simulator
+        # has imported its GL backend, so this runs BEFORE the backend's own exit hook (atexit is
+        # last-in, first-out), e.g. mujoco.egl's eglTerminate; left to garbage collection after
+        # that, every renderer prints an EGLError traceback when a worker process exits.
+        import atexit
+
+        atexit.register(close_envs)
+        _CLOSE_AT_EXIT = True
     _ENVS[key] = env
     return env
 
@@ -96,6 +109,17 @@ def _result(future: Future) -> Any:
         raise
 
 
+def _limit_threads(threads: int) -> None:
+    """Worker initializer: `threads` intra-op threads per worker, so N workers do not oversubscribe
+    the cores (every torch process defaults to all of them; on small machines the spin-waiting of
+    oversubscribed OpenMP threads slows policy inference several-fold). Set before the policy
+    imports torch; applied directly if it already has."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def ordered_imap(fn: Callable[[J], R], jobs: Iterable[J], workers: int, lookahead: int = 2) -> Iterator[R]:
     """`map(fn, jobs)` over `workers` processes (in-process when workers == 1), keeping at most
     `workers * lookahead` jobs in flight. `jobs` is consumed lazily, so it may depend on results
@@ -108,7 +132,10 @@ def ordered_imap(fn: Callable[[J], R], jobs: Iterable[J], workers: int, lookahea
         finally:
             close_envs()
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)) as pool:
         pending: deque[Future] = deque()
         try:
             for job in it:

@@ -1,134 +1,334 @@
-"""`clap demo`: the main job on embedded defaults.
+"""`clap demo`: the whole CLAP pipeline on embedded defaults, in one command.
 
-For now (foundation stage) it is the end-to-end data job: toy robot episodes -> LeRobot v3 dataset;
-plain "human" mp4 clips -> action-free dataset via the import path users take; validation of both;
-normalisation stats; the window loader with and without the decoded-frame cache; a report.
-Later stages extend it with Act-VAE -> VD-VAE -> labels -> NTP -> RF training and closed-loop eval.
-Every step writes its output atomically and is skipped when that output already exists.
+1. Meta-World data: robot demonstrations of task set A, and action-free human-domain videos
+   (arm hidden, camera/light/table changed) of sets A and B; the robot never sees set B.
+2. Act-VAE on the robot chunks (+ held-out PSNR), and a small rate-distortion sweep (Table V).
+3. VD-VAE aligned to the frozen Act-VAE on robot transitions + human videos (SigLIP, §III-C2);
+   its alignment on held-out robot transitions and on the human videos, with the latent t-SNE.
+4. Labels: pseudo action tokens for the human videos.
+5. CLAP-NTP on robot tokens + pseudo-labelled video (§III-D).
+6. Post-training (Algorithm 4): NTP adaptation, then the RF head with Knowledge Matching.
+7. Closed-loop success of NTP and RF on sets A and B, the NTP/RF latency, plots, a rollout video.
+
+Every step runs the same `clap ...` command a user would type (printed before it runs), writes its
+output atomically, and is skipped when that output exists; a killed training step resumes from its
+last checkpoint. The sizes are chosen to finish on a 2-core CPU: the numbers show the pipeline
+working, not the paper's results (docs/results.md has the longer runs).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from clap_vla.configs.demo import DemoConfig
+from clap_vla.errors import ClapError
 
 
-def _step(name: str, done: bool) -> bool:
-    print(f"[demo] {name}: {'already done, skipping' if done else 'running'}", flush=True)
-    return not done
+@dataclass
+class Step:
+    name: str
+    argv: list[str] | None
+    """The `clap` command of this step (None: an in-process step, `fn`)."""
+    done: Callable[[], bool]
+    fn: Callable[[], None] | None = None
+
+
+def _trained(art: Path, steps: int) -> Callable[[], bool]:
+    """A training artifact is finished when its meta.json records the full step count."""
+
+    def done() -> bool:
+        meta = art / "meta.json"
+        return meta.exists() and int(json.loads(meta.read_text()).get("step", 0)) >= steps
+
+    return done
+
+
+def _exists(path: Path) -> Callable[[], bool]:
+    return path.exists
+
+
+def steps(cfg: DemoConfig) -> list[Step]:
+    o = cfg.out
+    robot, human = o / "data" / "robot", o / "data" / "human"
+    act, rd, vd, ntp, post = o / "act_vae", o / "rate_distortion", o / "vd_vae", o / "ntp", o / "post"
+    tokens = o / "tokens" / "human"
+    ev = o / "eval"
+    prog = ["--train.progress"] if cfg.progress else ["--train.no-progress"]
+    bs = ["--train.batch-size", str(cfg.batch_size)]
+    hold = ["--holdout-every", str(cfg.holdout_every)]
+    gen = ["data", "gen", "metaworld", "--size", str(cfg.size), "--workers", str(cfg.workers),
+           "--seed", str(cfg.seed), "--codec", "h264"]  # fmt: skip
+    if not cfg.progress:
+        gen.append("--no-progress")
+    # fmt: off
+    all_tasks = ",".join(cfg.tasks_a + cfg.tasks_b)
+    rollout = ["eval", "rollout", "--env", "metaworld", "--tasks", all_tasks, "--episodes", str(cfg.eval_episodes),
+               "--workers", str(cfg.workers), "--size", str(cfg.size), "--max-steps", str(cfg.eval_max_steps)]
+    rd_grid = [str(x) for x in cfg.rd_grid]
+    return [
+        Step("robot demonstrations (task set A)",
+             [*gen, "--tasks", cfg.robot_tasks, "--episodes", str(cfg.robot_episodes), "--out", str(robot)],
+             _exists(robot / "meta" / "info.json")),
+        Step("human-domain videos, action-free (task sets A + B)",
+             [*gen, "--domain", "human", "--tasks", all_tasks, "--episodes", str(cfg.video_episodes),
+              "--out", str(human)],
+             _exists(human / "meta" / "info.json")),
+        Step("Act-VAE",
+             ["train", "act-vae", "--config", cfg.act_vae, "--data", str(robot), "--out", str(act),
+              "--train.steps", str(cfg.act_vae_steps), *hold, "--resume", *prog],
+             _trained(act, cfg.act_vae_steps)),
+        Step("Act-VAE held-out reconstruction",
+             ["eval", "act-vae", "--act-vae", str(act), "--data", str(robot), "--out", str(ev / "act_vae")],
+             _exists(ev / "act_vae" / "eval.json")),
+        Step("rate-distortion sweep (paper Table V)",
+             ["eval", "rate-distortion", "--config", "cpu" if cfg.act_vae != "act_vae_tiny" else "tiny",
+              "--data", str(robot), "--out", str(rd), "--grid", *rd_grid,
+              "--base.train.steps", str(cfg.rd_steps), "--base.train.warmup-steps", str(max(1, cfg.rd_steps // 10)),
+              "--base.holdout-every", str(cfg.holdout_every), "--base.train.no-progress"],
+             _exists(rd / "table.json")),
+        Step("VD-VAE (contrastive alignment to the frozen Act-VAE)",
+             ["train", "vd-vae", "--config", cfg.vd_vae, "--act-vae", str(act), "--robot-data", str(robot),
+              "--video-data", str(human), "--out", str(vd), "--train.steps", str(cfg.vd_vae_steps),
+              "--train.warmup-steps", str(max(1, cfg.vd_vae_steps // 10)), *bs, *hold, "--resume", *prog],
+             _trained(vd, cfg.vd_vae_steps)),
+        Step("VD-VAE alignment on robot and human video, latent t-SNE",
+             ["eval", "vd-vae", "--vd-vae", str(vd), "--robot-data", str(robot), "--video-data", str(human),
+              "--out", str(ev / "vd_vae")],
+             _exists(ev / "vd_vae" / "eval.json")),
+        Step("pseudo action tokens for the human videos",
+             ["label", "--vd-vae", str(vd), "--data", str(human), "--out", str(tokens)]
+             + ([] if cfg.progress else ["--no-progress"]),
+             _exists(tokens / "meta.json")),
+        Step("CLAP-NTP (robot tokens + pseudo-labelled video)",
+             ["train", "ntp", "--config", cfg.ntp, "--act-vae", str(act), "--robot-data", str(robot),
+              "--video-tokens", str(tokens), "--out", str(ntp), "--train.steps", str(cfg.ntp_steps),
+              "--train.warmup-steps", str(max(1, cfg.ntp_steps // 20)), *bs, *hold, "--resume", *prog],
+             _trained(ntp, cfg.ntp_steps)),
+        Step("CLAP-RF post-training (NTP adaptation, then RF head + Knowledge Matching)",
+             ["train", "post", "--config", cfg.post, "--ntp", str(ntp), "--robot-data", str(robot),
+              "--video-tokens", str(tokens), "--out", str(post),
+              "--adapt.steps", str(cfg.adapt_steps), "--adapt.warmup-steps", str(max(1, cfg.adapt_steps // 10)),
+              "--adapt.batch-size", str(cfg.batch_size),
+              "--train.steps", str(cfg.post_steps), "--train.warmup-steps", str(max(1, cfg.post_steps // 10)),
+              *bs, *hold, "--resume", *prog],
+             _trained(post, cfg.post_steps)),
+        Step("closed loop: CLAP-NTP",
+             [*rollout, "--policy", str(ntp), "--out", str(ev / "rollout_ntp.json")],
+             _exists(ev / "rollout_ntp.json")),
+        Step("closed loop: CLAP-RF (records one video per task)",
+             [*rollout, "--policy", str(post), "--video-episodes", "1", "--out", str(ev / "rollout_rf.json")],
+             _exists(ev / "rollout_rf.json")),
+        Step("latency: NTP decoding vs RF denoising on the same backbone",
+             ["eval", "latency", "--policy", str(post), "--repeats", str(cfg.latency_repeats),
+              "--out", str(ev / "latency.json")],
+             _exists(ev / "latency.json")),
+    ]
+    # fmt: on
 
 
 def run(cfg: DemoConfig) -> int:
-    import numpy as np
-    import torch
+    from clap_vla.cli import main
 
-    from clap_vla.configs.data import SynthConfig
-    from clap_vla.data.atomic import atomic_directory, atomic_write_text
-    from clap_vla.data.dataset import RobotDataset
-    from clap_vla.data.frame_cache import attach_frame_caches
-    from clap_vla.data.import_videos import import_videos
-    from clap_vla.data.inspect import format_summary, summarize, validate
-    from clap_vla.data.normalize import ActionNormalizer, NormStats
-    from clap_vla.data.synthetic import make_toy_episode
-    from clap_vla.data.video import VideoEncoding, VideoFileWriter, VideoReader
-    from clap_vla.data.windows import WindowConfig, WindowDataset, fit_norm_stats
-    from clap_vla.stages.data_synth import write_toy_dataset
-    from clap_vla.types import collate_windows
-
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    plan = steps(cfg)
     t_start = time.time()
-    out = Path(cfg.out)
-    robot, clips, human, norm = out / "robot", out / "human_clips", out / "human", out / "norm"
-
-    if _step(f"robot demonstrations -> {robot}", (robot / "meta/info.json").exists()):
-        write_toy_dataset(
-            SynthConfig(out=robot, episodes=cfg.robot_episodes, length=cfg.length, size=cfg.size, seed=cfg.seed)
-        )
-
-    if _step(f"human video clips (plain mp4 files) -> {clips}", (clips / "instructions.json").exists()):
-        rng = np.random.default_rng(cfg.seed + 1)
-        with atomic_directory(clips, overwrite=True) as tmp:
-            instructions = {}
-            for i in range(cfg.video_episodes):
-                e = make_toy_episode(rng, length=cfg.length, size=cfg.size, style="human")
-                w = VideoFileWriter(tmp / f"clip_{i:03d}.mp4", 30, cfg.size, cfg.size, VideoEncoding(codec="h264"))
-                w.write(e.frames)
-                w.close()
-                instructions[f"clip_{i:03d}.mp4"] = e.task
-            (tmp / "instructions.json").write_text(json.dumps(instructions, indent=2))
-
-    if _step(f"import clips as an action-free dataset -> {human}", (human / "meta/info.json").exists()):
-        import_videos(clips, human, fps=10, instructions=clips / "instructions.json")
-
-    for path in (robot, human):
-        problems = validate(path, progress=False)
-        print(f"[demo] validate {path}: {'OK' if not problems else problems}")
-        if problems:
-            return 1
-    ds = RobotDataset(robot)
-    print(format_summary(summarize(ds)))
-
-    if _step(f"normalisation stats -> {norm}", (norm / "norm_stats.json").exists()):
-        fit_norm_stats(ds, WindowConfig(horizon=cfg.horizon)).save(norm)
-    normalizer = ActionNormalizer(NormStats.load(norm))
-
-    # Round trip: the first episode's frames as generated vs as decoded from the dataset.
-    ref = make_toy_episode(np.random.default_rng(cfg.seed), length=cfg.length, size=cfg.size)
-    got = ds.frames(0, "main", np.arange(cfg.length)).astype(np.float64)
-    psnr = float(10 * np.log10(255.0**2 / np.mean((got - ref.frames) ** 2)))
-    reader = VideoReader(clips / "clip_000.mp4")
-    clip_frames = len(reader.read_all()[0])
-    reader.close()
-
-    def throughput(dataset: WindowDataset) -> float:
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            num_workers=2,
-            collate_fn=collate_windows,
-            generator=torch.Generator().manual_seed(0),
-        )
-        t, n = time.time(), 0
-        for i, batch in enumerate(loader):
-            n += len(batch)
-            if i == 9:
-                break
-        return n / (time.time() - t)
-
-    cfg_w = WindowConfig(horizon=cfg.horizon)
-    sps_video = throughput(WindowDataset(ds, cfg_w, normalizer))
-    attach_frame_caches(ds, ds.cameras, cache_dir=out / "frame_cache")
-    wd = WindowDataset(ds, cfg_w, normalizer)
-    sps_cache = throughput(wd)
-    batch = collate_windows([wd[i] for i in range(min(cfg.batch_size, len(wd)))])
-    human_ds = RobotDataset(human)
-    hb = collate_windows([WindowDataset(human_ds, cfg_w)[0]])
-
-    report = {
-        "robot_dataset": str(robot),
-        "human_dataset": str(human),
-        "robot_episodes": ds.num_episodes,
-        "robot_frames": ds.num_frames,
-        "human_episodes": human_ds.num_episodes,
-        "human_clip_frames_at_30fps": clip_frames,
-        "video_roundtrip_psnr_db": round(psnr, 2),
-        "window_batch": {
-            "actions": list(batch.actions.shape),
-            "frames": list(next(iter(batch.frames.values())).shape),
-            "actions_min": float(batch.actions.min()),
-            "actions_max": float(batch.actions.max()),
-            "valid_steps": int(batch.action_valid.sum()),
-        },
-        "human_window_has_action": bool(hb.has_action.any()),
-        "loader_samples_per_s": {"video_decode": round(sps_video, 1), "frame_cache": round(sps_cache, 1)},
-        "seconds": round(time.time() - t_start, 1),
-    }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    print("\n[demo] report")
-    for k, v in report.items():
-        print(f"  {k:28s} {v}")
-    print(f"[demo] done in {report['seconds']} s; report at {out / 'report.json'}")
+    timings_path = cfg.out / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for i, step in enumerate(plan, 1):
+        head = f"[demo {i}/{len(plan)}] {step.name}"
+        if step.done():
+            print(f"{head}: already done, skipping", flush=True)
+            continue
+        print(f"{head}\n  $ clap {' '.join(step.argv)}", flush=True)
+        t0 = time.time()
+        rc = main(step.argv)
+        if rc != 0:
+            print(f"[demo] step {i} ({step.name}) failed with exit code {rc}; fix it and run `clap demo` again: "
+                  f"finished steps are kept", flush=True)  # fmt: skip
+            return rc
+        if not step.done():
+            raise ClapError(f"step {i} ({step.name}) returned 0 but did not write its output")
+        timings[step.name] = round(time.time() - t0, 1)
+        _write_json(timings_path, timings)
+        print(f"  done in {timings[step.name]:.0f} s (demo so far {time.time() - t_start:.0f} s)", flush=True)
+    report = build_report(cfg, timings)
+    plots(cfg, report)
+    _write_json(cfg.out / "report.json", report)
+    print(format_report(report))
+    print(f"[demo] finished in {time.time() - t_start:.0f} s this run; report at {cfg.out / 'report.json'}")
     return 0
+
+
+def _write_json(path: Path, obj) -> None:
+    from clap_vla.data.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def build_report(cfg: DemoConfig, timings: dict) -> dict:
+    o, ev = cfg.out, cfg.out / "eval"
+    act = _read(ev / "act_vae" / "eval.json")
+    vd = _read(ev / "vd_vae" / "eval.json")
+    rd = _read(o / "rate_distortion" / "table.json")
+    lat = _read(ev / "latency.json")
+    ntp_meta, post_meta = _read(o / "ntp" / "meta.json"), _read(o / "post" / "meta.json")
+    success = {}
+    for name in ("ntp", "rf"):
+        r = _read(ev / f"rollout_{name}.json")
+        per = {t: r["tasks"][t]["success_rate"] for t in r["tasks"]}
+        sets = {}
+        for label, tasks in (("A", cfg.tasks_a), ("B", cfg.tasks_b)):
+            outcomes = [x["success"] for t in tasks for x in r["tasks"][t]["outcomes"]]
+            if outcomes:
+                sets[label] = _rate(outcomes)
+        success[name] = {"per_task": per, "sets": sets, "episodes_per_task": cfg.eval_episodes}
+    videos = sorted((ev / "rollout_rf_videos").glob("*.mp4"))
+    return {
+        "task_set_a_robot_and_video": cfg.tasks_a,
+        "task_set_b_video_only": cfg.tasks_b,
+        "act_vae": {k: act.get(k) for k in ("psnr", "mse", "usage", "perplexity", "rate") if k in act},
+        "rate_distortion": [{k: r[k] for k in ("Nq", "K", "psnr", "rate", "elbow")} for r in rd["rows"]],
+        "vd_vae": _vd_summary(vd),
+        "ntp_heldout": ntp_meta.get("eval", {}),
+        "rf_heldout": post_meta.get("eval", {}),
+        "success": success,
+        "latency_ms": {
+            "ntp_p50": lat["ntp"]["p50_ms"],
+            **{f"{k}_p50": v["p50_ms"] for k, v in lat.items() if k.startswith("rf_")},
+            **{k: v for k, v in lat.items() if k.startswith("ratio")},
+        },
+        "video": str(videos[0]) if videos else None,
+        "plots": {
+            "rate_distortion": str(o / "rate_distortion" / "plot.png"),
+            "latent_tsne": str(vd.get("tsne") or ""),
+            "success": str(o / "plots" / "success.png"),
+            "latency": str(o / "plots" / "latency.png"),
+        },
+        "seconds_per_step": timings,
+        "seconds_total": round(sum(timings.values()), 1),
+    }
+
+
+def _rate(outcomes: list[bool]) -> dict:
+    from clap_vla.sim.rollout import wilson_interval
+
+    k, n = sum(bool(x) for x in outcomes), len(outcomes)
+    lo, hi = wilson_interval(k, n)
+    return {"successes": k, "episodes": n, "rate": k / n, "wilson95": [lo, hi]}
+
+
+def _vd_summary(vd: dict) -> dict:
+    """Token accuracy, decoded PSNR (with the Act-VAE ceiling and the zero-chunk floor) and
+    retrieval per domain, from `clap eval vd-vae`'s eval.json."""
+    keys = ("token_acc", "psnr", "psnr_act_vae", "psnr_zero", "top1", "top5")
+    return {d["kind"]: {k: d["vd_vae"][k] for k in keys if k in d["vd_vae"]} for d in vd["datasets"]}
+
+
+def plots(cfg: DemoConfig, report: dict) -> None:
+    """Success bars (NTP vs RF per task, 95% Wilson intervals) and latency bars (per phase)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    pdir = cfg.out / "plots"
+    pdir.mkdir(parents=True, exist_ok=True)
+    ev = cfg.out / "eval"
+    tasks = cfg.tasks_a + cfg.tasks_b
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 3.8))
+    x = np.arange(len(tasks))
+    for j, (name, color) in enumerate((("ntp", "tab:blue"), ("rf", "tab:orange"))):
+        r = _read(ev / f"rollout_{name}.json")["tasks"]
+        rates = np.array([r[t]["success_rate"] for t in tasks])
+        ci = np.array([r[t]["wilson95"] for t in tasks])
+        ax.bar(x + (j - 0.5) * 0.38, rates, 0.38, color=color, label=f"CLAP-{name.upper()}",
+               yerr=[rates - ci[:, 0], ci[:, 1] - rates], capsize=3)  # fmt: skip
+    ax.set_xticks(x, [t.removesuffix("-v3") + ("\n(video only)" if t in cfg.tasks_b else "") for t in tasks],
+                  fontsize=8)  # fmt: skip
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"success ({cfg.eval_episodes} episodes, 95% CI)")
+    ax.legend()
+    ax.set_title("Closed-loop success: task set A (robot demos) and B (human video only)")
+    fig.tight_layout()
+    _save(fig, pdir / "success.png")
+
+    lat = _read(ev / "latency.json")
+    cols = [k for k in lat if k == "ntp" or k.startswith("rf_")]
+    phases = ["encode", "prefix", "decode", "denoise", "post"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = np.zeros(len(cols))
+    for ph in phases:
+        vals = np.array([lat[c].get(f"{ph}_p50_ms", 0.0) for c in cols])
+        if vals.any():
+            ax.bar(cols, vals, bottom=bottom, label=ph)
+            bottom += vals
+    ax.set_ylabel("ms per chunk (p50)")
+    ax.set_xticks(range(len(cols)), ["NTP" if c == "ntp" else f"RF, {c[3:]} Euler steps" for c in cols])
+    ax.legend(fontsize=8)
+    ax.set_title("Latency per action chunk, same backbone and input")
+    fig.tight_layout()
+    _save(fig, pdir / "latency.png")
+    if report.get("video"):
+        shutil.copyfile(report["video"], pdir / "rollout.mp4")
+        report["video"] = str(pdir / "rollout.mp4")
+
+
+def _save(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from clap_vla.data.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def format_report(r: dict) -> str:
+    lines = ["", "[demo] report", f"  task set A (robot demos + video): {', '.join(r['task_set_a_robot_and_video'])}",
+             f"  task set B (human video only):     {', '.join(r['task_set_b_video_only']) or '-'}"]  # fmt: skip
+    a = r["act_vae"]
+    lines.append(f"  Act-VAE held-out PSNR {a.get('psnr', float('nan')):.1f} dB, codebook usage "
+                 f"{a.get('usage', 0):.0%}")  # fmt: skip
+    rd = ", ".join(f"Nq{p['Nq']}/K{p['K']}: {p['psnr']:.1f} dB" for p in r["rate_distortion"])
+    lines.append(f"  rate-distortion: {rd}")
+    for dom, v in r["vd_vae"].items():
+        lines.append(f"  VD-VAE on {dom}: token accuracy {v['token_acc']:.1%}, decoded PSNR {v.get('psnr', 0):.1f} dB"
+                     f" (Act-VAE ceiling {v.get('psnr_act_vae', 0):.1f}, zero chunk {v.get('psnr_zero', 0):.1f}),"
+                     f" retrieval top-1 {v.get('top1', 0):.1%}")  # fmt: skip
+    lines.append("  closed-loop success (per task):")
+    tasks = list(r["success"]["ntp"]["per_task"])
+    lines.append("    " + f"{'task':28s} {'NTP':>6s} {'RF':>6s}")
+    for t in tasks:
+        tag = " (B)" if t in r["task_set_b_video_only"] else ""
+        ntp, rf = r["success"]["ntp"]["per_task"][t], r["success"]["rf"]["per_task"][t]
+        lines.append(f"    {t + tag:28s} {ntp:6.0%} {rf:6.0%}")
+    for s in ("A", "B"):
+        parts = []
+        for name in ("ntp", "rf"):
+            v = r["success"][name]["sets"].get(s)
+            if v:
+                parts.append(f"{name.upper()} {v['rate']:.0%} [{v['wilson95'][0]:.0%}, {v['wilson95'][1]:.0%}]")
+        if parts:
+            lines.append(f"    set {s}: " + ", ".join(parts))
+    lat = r["latency_ms"]
+    rf = ", ".join(f"RF {k.split('_')[1]} Euler steps {v:.0f} ms" for k, v in lat.items() if k.startswith("rf_"))
+    lines.append(f"  latency p50: NTP {lat['ntp_p50']:.0f} ms, {rf}; "
+                 + ", ".join(f"{k} {v:.2f}x" for k, v in lat.items() if k.startswith("ratio")))  # fmt: skip
+    lines.append(f"  plots: {', '.join(r['plots'].values())}")
+    lines.append(f"  rollout video: {r['video']}")
+    per = ", ".join(f"{k.split(' (')[0]} {v:.0f}" for k, v in r["seconds_per_step"].items())
+    lines.append(f"  time: {r['seconds_total']:.0f} s of steps ({per})")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""`clap demo` end to end on its tiny preset: every stage runs for real (MuJoCo data generation,
+Act-VAE, rate-distortion, VD-VAE, labels, NTP, post-training, closed loop, latency), the report and
+plots are written, and a second run redoes only what is missing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from clap_vla.cli import main
+from clap_vla.configs.demo import DemoConfig
+from clap_vla.errors import ConfigError
+
+
+def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
+    from clap_vla.data.video import VideoReader
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--config", "tiny", "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    assert "skipping" not in first and "[demo 13/13]" in first and "[demo] report" in first
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["task_set_a_robot_and_video"] == ["reach-v3"]
+    assert report["task_set_b_video_only"] == ["drawer-close-v3"]
+    assert math.isfinite(report["act_vae"]["psnr"]) and 0 < report["act_vae"]["usage"] <= 1
+    assert [(p["Nq"], p["K"]) for p in report["rate_distortion"]] == [(2, 16), (4, 16)]
+    assert set(report["vd_vae"]) == {"robot", "video"}
+    for name in ("ntp", "rf"):
+        s = report["success"][name]
+        assert set(s["per_task"]) == {"reach-v3", "drawer-close-v3"} and set(s["sets"]) == {"A", "B"}
+        assert s["sets"]["A"]["episodes"] == 1 and 0 <= s["sets"]["A"]["rate"] <= 1
+    assert report["latency_ms"]["ntp_p50"] > 0 and report["latency_ms"]["ratio_ntp_over_rf_4"] > 0
+    for png in report["plots"].values():
+        with open(png, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", png
+    reader = VideoReader(report["video"])
+    frames, _ = reader.read_all()
+    reader.close()
+    assert len(frames) >= 12 and frames.shape[1:] == (64, 64, 3)
+    assert len(report["seconds_per_step"]) == 13
+
+    # A second run skips every finished step; a missing output is redone, nothing else.
+    (out / "eval" / "latency.json").unlink()
+    assert main(["demo", "--config", "tiny", "--out", str(out)]) == 0
+    second = capsys.readouterr().out
+    assert second.count("already done, skipping") == 12 and "$ clap eval latency" in second
+    assert "$ clap train" not in second and (out / "eval" / "latency.json").exists()
+
+
+def test_demo_config_rejects_overlapping_task_sets():
+    with pytest.raises(ConfigError, match="both robot_tasks and video_only_tasks"):
+        DemoConfig(robot_tasks="reach-v3,push-v3", video_only_tasks="push-v3")
+    with pytest.raises(ConfigError, match="pairs"):
+        DemoConfig(rd_grid=(4, 256, 8))
