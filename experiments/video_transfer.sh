@@ -17,11 +17,11 @@ A=${A:-door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3}
 B=${B:-window-close-v3,drawer-open-v3}
 ROBOT_EPISODES=${ROBOT_EPISODES:-30}     # robot demonstrations per task of A
 VIDEO_EPISODES=${VIDEO_EPISODES:-30}     # human-domain videos per task of A and B
-ACT_STEPS=${ACT_STEPS:-2000}
+ACT_STEPS=${ACT_STEPS:-1500}
 VD_STEPS=${VD_STEPS:-500}
-NTP_STEPS=${NTP_STEPS:-2000}
+NTP_STEPS=${NTP_STEPS:-1500}
 EPISODES=${EPISODES:-10}                 # closed-loop episodes per task and policy
-MAX_STEPS=${MAX_STEPS:-250}      # step budget per closed-loop episode
+MAX_STEPS=${MAX_STEPS:-250}              # step budget per closed-loop episode
 
 step $OUT/data/robot/meta/info.json data gen metaworld --tasks $A --episodes $ROBOT_EPISODES --codec h264 \
   --out $OUT/data/robot

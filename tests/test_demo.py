@@ -50,6 +50,11 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     assert second.count("already done, skipping") == 12 and "$ clap eval latency" in second
     assert "$ clap train" not in second and (out / "eval" / "latency.json").exists()
 
+    # Other settings in the same directory would mix artifacts of two configs: refused, naming them.
+    assert main(["demo", "--config", "tiny", "--out", str(out), "--ntp-steps", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (ntp_steps: 8 -> 9)" in err and "another --out" in err
+
 
 def test_demo_config_rejects_overlapping_task_sets():
     with pytest.raises(ConfigError, match="both robot_tasks and video_only_tasks"):

@@ -113,11 +113,11 @@ def _limit_threads(threads: int) -> None:
     """Worker initializer: `threads` intra-op threads per worker, so N workers do not oversubscribe
     the cores (every torch process defaults to all of them; on small machines the spin-waiting of
     oversubscribed OpenMP threads slows policy inference several-fold). Set before the policy
-    imports torch; applied directly if it already has."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(threads))
+    imports torch; applied directly if it already has. A count the user set is kept."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 def ordered_imap(fn: Callable[[J], R], jobs: Iterable[J], workers: int, lookahead: int = 2) -> Iterator[R]:

@@ -32,10 +32,9 @@ from clap_vla.errors import ClapError
 @dataclass
 class Step:
     name: str
-    argv: list[str] | None
-    """The `clap` command of this step (None: an in-process step, `fn`)."""
+    argv: list[str]
+    """The `clap` command of this step."""
     done: Callable[[], bool]
-    fn: Callable[[], None] | None = None
 
 
 def _trained(art: Path, steps: int) -> Callable[[], bool]:
@@ -86,7 +85,7 @@ def steps(cfg: DemoConfig) -> list[Step]:
              ["eval", "act-vae", "--act-vae", str(act), "--data", str(robot), "--out", str(ev / "act_vae")],
              _exists(ev / "act_vae" / "eval.json")),
         Step("rate-distortion sweep (paper Table V)",
-             ["eval", "rate-distortion", "--config", "cpu" if cfg.act_vae != "act_vae_tiny" else "tiny",
+             ["eval", "rate-distortion", "--config", cfg.rate_distortion,
               "--data", str(robot), "--out", str(rd), "--grid", *rd_grid,
               "--base.train.steps", str(cfg.rd_steps), "--base.train.warmup-steps", str(max(1, cfg.rd_steps // 10)),
               "--base.holdout-every", str(cfg.holdout_every), "--base.train.no-progress"],
@@ -115,6 +114,7 @@ def steps(cfg: DemoConfig) -> list[Step]:
               "--adapt.steps", str(cfg.adapt_steps), "--adapt.warmup-steps", str(max(1, cfg.adapt_steps // 10)),
               "--adapt.batch-size", str(cfg.batch_size),
               "--train.steps", str(cfg.post_steps), "--train.warmup-steps", str(max(1, cfg.post_steps // 10)),
+              "--train.lr", str(cfg.post_lr),
               *bs, *hold, "--resume", *prog],
              _trained(post, cfg.post_steps)),
         Step("closed loop: CLAP-NTP",
@@ -131,10 +131,31 @@ def steps(cfg: DemoConfig) -> list[Step]:
     # fmt: on
 
 
+def _check_same_config(cfg: DemoConfig) -> None:
+    """A demo directory belongs to one config: finished steps are reused only when every setting
+    (other than progress bars) is the one they were made with."""
+    from dataclasses import asdict
+
+    path = cfg.out / "demo_config.json"
+    now = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+           for k, v in asdict(cfg).items() if k not in ("out", "progress")}  # fmt: skip
+    if path.exists():
+        before = json.loads(path.read_text())
+        diffs = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
+        if diffs:
+            raise ClapError(
+                f"{cfg.out} holds a demo run with other settings ({'; '.join(diffs)}); its finished steps would "
+                f"not match them. Use another --out, or delete {cfg.out} to start over."
+            )
+    else:
+        _write_json(path, now)
+
+
 def run(cfg: DemoConfig) -> int:
     from clap_vla.cli import main
 
     cfg.out.mkdir(parents=True, exist_ok=True)
+    _check_same_config(cfg)
     plan = steps(cfg)
     t_start = time.time()
     timings_path = cfg.out / "timings.json"
@@ -191,7 +212,8 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
             if outcomes:
                 sets[label] = _rate(outcomes)
         success[name] = {"per_task": per, "sets": sets, "episodes_per_task": cfg.eval_episodes}
-    videos = sorted((ev / "rollout_rf_videos").glob("*.mp4"))
+    # One rollout video for the report: a successful episode when there is one.
+    videos = sorted((ev / "rollout_rf_videos").glob("*.mp4"), key=lambda p: ("_ok" not in p.stem, p.name))
     return {
         "task_set_a_robot_and_video": cfg.tasks_a,
         "task_set_b_video_only": cfg.tasks_b,

@@ -203,8 +203,8 @@ def run(cfg: NTPTrainConfig) -> int:
     )
     if info.is_main and result["eval"]:
         e = result["eval"]
-        print(
-            f"held-out robot samples: action-token accuracy {e['action_acc']:.1%} (teacher-forced), "
-            f"{e.get('gen_action_acc', float('nan')):.1%} (free-running); artifact {cfg.out}"
-        )
+        g = float(e.get("gen_action_acc", float("nan")))
+        free = "" if g != g else f", {g:.1%} (free-running)"  # not measured (nan) when eval_generate is 0
+        print(f"held-out robot samples: action-token accuracy {e['action_acc']:.1%} (teacher-forced){free}; "
+              f"artifact {cfg.out}")  # fmt: skip
     return 0
