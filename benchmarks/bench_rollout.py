@@ -2,9 +2,9 @@
 
 Each rollout worker is its own torch process, and torch defaults to one intra-op thread per core.
 With N workers that is N x cores threads on the machine. The harness now gives each worker
-cores // N threads (`clap_vla.sim.workers`). This runs the same rollouts side by side, once with
-every worker at all cores (OMP_NUM_THREADS = cores, the old behaviour) and once with the split,
-and reports episodes per minute and the ratio.
+cores // N threads (`clap_vla.sim.workers`). This runs the same rollouts one after the other in one
+invocation, first with every worker at all cores (OMP_NUM_THREADS = cores, the old behaviour), then
+with the split, and reports episodes per minute (wall time, policy loading included) and the ratio.
 
     python benchmarks/bench_rollout.py --policy outputs/demo/ntp --out benchmarks/results/rollout.json
 """
@@ -27,7 +27,9 @@ def run(policy: str, tasks: str, episodes: int, workers: int, max_steps: int, en
            "--episodes", str(episodes), "--workers", str(workers), "--max-steps", str(max_steps),
            "--out", str(out)]  # fmt: skip
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     seconds = time.perf_counter() - t0
     res = json.loads(out.read_text())
     out.unlink()
@@ -74,8 +76,10 @@ def main() -> None:
         "speedup": speedup,
     }
     if args.out:
+        from clap_vla.data.atomic import atomic_write_text
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

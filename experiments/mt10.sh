@@ -18,8 +18,8 @@ step $OUT/rate_distortion_cpu/table.json eval rate-distortion --config cpu --dat
 
 step - train ntp --config ntp_small --act-vae $OUT/act_vae_mt10 --robot-data $OUT/mt10 --out $OUT/ntp_mt10 --resume
 step $OUT/ntp_mt10/eval/ntp_eval.json eval ntp --ntp $OUT/ntp_mt10 --samples 1024 --generate 128
-step $OUT/ntp_mt10/rollout.json eval rollout --policy $OUT/ntp_mt10 --tasks mt10 --episodes $EPISODES --workers 1 \
-  --out $OUT/ntp_mt10/rollout.json
+step $OUT/ntp_mt10/rollout_mt10.json eval rollout --policy $OUT/ntp_mt10 --tasks mt10 --episodes $EPISODES --workers 1 \
+  --out $OUT/ntp_mt10/rollout_mt10.json
 
 # Table VI: the same NTP artifact post-trained three ways (stage 1 skipped: same robot, same data).
 for variant in km nokm ki; do
@@ -27,8 +27,8 @@ for variant in km nokm ki; do
                    ki) flags=(--ki); dir=post_mt10_ki ;; esac
   step - train post --config post_small --ntp $OUT/ntp_mt10 --robot-data $OUT/mt10 --out $OUT/$dir \
     --no-adapt-stage --train.steps 1500 "${flags[@]}" --resume
-  step $OUT/$dir/rollout.json eval rollout --policy $OUT/$dir --tasks mt10 --episodes $EPISODES --workers 1 \
-    --out $OUT/$dir/rollout.json
+  step $OUT/$dir/rollout_mt10.json eval rollout --policy $OUT/$dir --tasks mt10 --episodes $EPISODES --workers 1 \
+    --out $OUT/$dir/rollout_mt10.json
 done
 # Table VIII: latency of NTP decoding vs RF denoising on the same backbone and input.
 step $OUT/post_mt10/eval/latency.json eval latency --policy $OUT/post_mt10

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 
@@ -43,17 +44,25 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, capsys, monkeypatch):
     assert len(frames) >= 12 and frames.shape[1:] == (64, 64, 3)
     assert len(report["seconds_per_step"]) == 13
 
-    # A second run skips every finished step; a missing output is redone, nothing else.
-    (out / "eval" / "latency.json").unlink()
+    # A second run skips every finished step. Redoing a step (its output deleted) makes every later
+    # step stale: their outputs are moved aside (kept) and redone; earlier steps are skipped.
+    shutil.rmtree(out / "ntp")
     assert main(["demo", "--config", "tiny", "--out", str(out)]) == 0
     second = capsys.readouterr().out
-    assert second.count("already done, skipping") == 12 and "$ clap eval latency" in second
-    assert "$ clap train" not in second and (out / "eval" / "latency.json").exists()
+    assert second.count("already done, skipping") == 8 and "$ clap train ntp" in second
+    assert second.count("its output moved to") == 4 and "$ clap eval latency" in second
+    assert (out / "post.stale-1" / "meta.json").exists() and (out / "eval" / "latency.json.stale-1").exists()
+    assert (out / "post" / "meta.json").exists() and (out / "eval" / "latency.json").exists()
+    assert main(["demo", "--config", "tiny", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("already done, skipping") == 13
 
     # Other settings in the same directory would mix artifacts of two configs: refused, naming them.
     assert main(["demo", "--config", "tiny", "--out", str(out), "--ntp-steps", "9"]) == 2
     err = capsys.readouterr().err
     assert "other settings (ntp_steps: 8 -> 9)" in err and "another --out" in err
+    (out / "demo_config.json").unlink()
+    assert main(["demo", "--config", "tiny", "--out", str(out)]) == 2
+    assert "no demo_config.json" in capsys.readouterr().err
 
 
 def test_demo_config_rejects_overlapping_task_sets():

@@ -238,3 +238,18 @@ def test_workers_share_the_cores_instead_of_oversubscribing(monkeypatch):
     assert got == [str(max(1, cores // 2))] * 2
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert list(workers.ordered_imap(os.getenv, ["OMP_NUM_THREADS"] * 2, 2)) == ["7", "7"]
+
+
+def test_worker_processes_close_their_simulators_before_gl_shuts_down(tmp_path):
+    """Cached MuJoCo renderers are closed by an exit hook that runs before the GL backend's own;
+    left to garbage collection, every worker printed an EGLError traceback at exit."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("metaworld")
+    cmd = [sys.executable, "-m", "clap_vla", "data", "gen", "metaworld", "--tasks", "reach-v3", "--episodes", "2",
+           "--size", "32", "--workers", "2", "--codec", "h264", "--no-progress",
+           "--out", str(tmp_path / "d")]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "GLError" not in res.stderr, res.stderr[-2000:]

@@ -216,6 +216,27 @@ def test_stage_trains_an_artifact_from_datasets(tmp_path: Path):
     assert main([*args, "--resume"]) == 0  # already done: returns at once
 
 
+def test_dry_run_builds_model_and_batch_trains_one_step_and_writes_nothing(tmp_path: Path, capsys):
+    from tests.conftest import write_toy
+
+    from clap_vla.cli import main
+
+    write_toy(tmp_path / "one", n=10, length=20, size=32)
+    out = tmp_path / "av"
+    args = ["train", "act-vae", "--config", "act_vae_tiny", "--data", str(tmp_path / "one"), "--out", str(out),
+            "--train.steps", "2", "--train.no-progress"]  # fmt: skip
+    assert main([*args, "--train.dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    assert "dry run" in text and "0 trainable tensors without a gradient" in text
+    assert "batch.actions: float32 (32, 8, 2, 7)" in text and "peak RSS" in text
+    # On an existing run: nothing in it changes, and no --resume is needed.
+    assert main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert main([*args, "--train.dry-run"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_train_config_validation():
     with pytest.raises(ConfigError, match="steps"):
         TrainConfig(steps=0)

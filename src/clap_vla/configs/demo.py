@@ -57,7 +57,6 @@ class DemoConfig:
     """Batch size of every training step except the Act-VAE's (its preset's)."""
     holdout_every: int = 10
     """Every n-th episode is held out of training (for the held-out metrics)."""
-    """Batch size of every training step except the Act-VAE's (its preset's)."""
     eval_episodes: int = 5
     """Closed-loop episodes per task and policy."""
     eval_max_steps: int = 200

@@ -22,7 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from clap_vla.configs.demo import DemoConfig
@@ -34,6 +34,8 @@ class Step:
     name: str
     argv: list[str]
     """The `clap` command of this step."""
+    output: Path
+    """What the step writes (a directory or a file): moved aside when it is stale."""
     done: Callable[[], bool]
 
 
@@ -51,13 +53,20 @@ def _exists(path: Path) -> Callable[[], bool]:
     return path.exists
 
 
+def _train_flags(prefix: str, steps: int, warmup_div: int, cfg: DemoConfig) -> list[str]:
+    """Steps, warmup, a checkpoint every quarter of the run (so an interrupted step resumes close to
+    where it stopped) and progress bars, for one `TrainConfig` (`--train.` or `--adapt.`)."""
+    return [f"--{prefix}.steps", str(steps), f"--{prefix}.warmup-steps", str(max(1, steps // warmup_div)),
+            f"--{prefix}.checkpoint-every", str(max(1, steps // 4)),
+            f"--{prefix}.progress" if cfg.progress else f"--{prefix}.no-progress"]  # fmt: skip
+
+
 def steps(cfg: DemoConfig) -> list[Step]:
     o = cfg.out
     robot, human = o / "data" / "robot", o / "data" / "human"
     act, rd, vd, ntp, post = o / "act_vae", o / "rate_distortion", o / "vd_vae", o / "ntp", o / "post"
     tokens = o / "tokens" / "human"
     ev = o / "eval"
-    prog = ["--train.progress"] if cfg.progress else ["--train.no-progress"]
     bs = ["--train.batch-size", str(cfg.batch_size)]
     hold = ["--holdout-every", str(cfg.holdout_every)]
     gen = ["data", "gen", "metaworld", "--size", str(cfg.size), "--workers", str(cfg.workers),
@@ -72,73 +81,74 @@ def steps(cfg: DemoConfig) -> list[Step]:
     return [
         Step("robot demonstrations (task set A)",
              [*gen, "--tasks", cfg.robot_tasks, "--episodes", str(cfg.robot_episodes), "--out", str(robot)],
-             _exists(robot / "meta" / "info.json")),
+             robot, _exists(robot / "meta" / "info.json")),
         Step("human-domain videos, action-free (task sets A + B)",
              [*gen, "--domain", "human", "--tasks", all_tasks, "--episodes", str(cfg.video_episodes),
               "--out", str(human)],
-             _exists(human / "meta" / "info.json")),
+             human, _exists(human / "meta" / "info.json")),
         Step("Act-VAE",
              ["train", "act-vae", "--config", cfg.act_vae, "--data", str(robot), "--out", str(act),
-              "--train.steps", str(cfg.act_vae_steps), *hold, "--resume", *prog],
-             _trained(act, cfg.act_vae_steps)),
+              *_train_flags("train", cfg.act_vae_steps, 10, cfg), *hold, "--resume"],
+             act, _trained(act, cfg.act_vae_steps)),
         Step("Act-VAE held-out reconstruction",
              ["eval", "act-vae", "--act-vae", str(act), "--data", str(robot), "--out", str(ev / "act_vae")],
-             _exists(ev / "act_vae" / "eval.json")),
+             ev / "act_vae", _exists(ev / "act_vae" / "eval.json")),
         Step("rate-distortion sweep (paper Table V)",
              ["eval", "rate-distortion", "--config", cfg.rate_distortion,
               "--data", str(robot), "--out", str(rd), "--grid", *rd_grid,
-              "--base.train.steps", str(cfg.rd_steps), "--base.train.warmup-steps", str(max(1, cfg.rd_steps // 10)),
-              "--base.holdout-every", str(cfg.holdout_every), "--base.train.no-progress"],
-             _exists(rd / "table.json")),
+              *_train_flags("base.train", cfg.rd_steps, 10, replace(cfg, progress=False)),
+              "--base.holdout-every", str(cfg.holdout_every)],
+             rd, _exists(rd / "table.json")),
         Step("VD-VAE (contrastive alignment to the frozen Act-VAE)",
              ["train", "vd-vae", "--config", cfg.vd_vae, "--act-vae", str(act), "--robot-data", str(robot),
-              "--video-data", str(human), "--out", str(vd), "--train.steps", str(cfg.vd_vae_steps),
-              "--train.warmup-steps", str(max(1, cfg.vd_vae_steps // 10)), *bs, *hold, "--resume", *prog],
-             _trained(vd, cfg.vd_vae_steps)),
+              "--video-data", str(human), "--out", str(vd), *_train_flags("train", cfg.vd_vae_steps, 10, cfg),
+              *bs, *hold, "--resume"],
+             vd, _trained(vd, cfg.vd_vae_steps)),
         Step("VD-VAE alignment on robot and human video, latent t-SNE",
              ["eval", "vd-vae", "--vd-vae", str(vd), "--robot-data", str(robot), "--video-data", str(human),
               "--out", str(ev / "vd_vae")],
-             _exists(ev / "vd_vae" / "eval.json")),
+             ev / "vd_vae", _exists(ev / "vd_vae" / "eval.json")),
         Step("pseudo action tokens for the human videos",
              ["label", "--vd-vae", str(vd), "--data", str(human), "--out", str(tokens)]
              + ([] if cfg.progress else ["--no-progress"]),
-             _exists(tokens / "meta.json")),
+             tokens, _exists(tokens / "meta.json")),
         Step("CLAP-NTP (robot tokens + pseudo-labelled video)",
              ["train", "ntp", "--config", cfg.ntp, "--act-vae", str(act), "--robot-data", str(robot),
-              "--video-tokens", str(tokens), "--out", str(ntp), "--train.steps", str(cfg.ntp_steps),
-              "--train.warmup-steps", str(max(1, cfg.ntp_steps // 20)), *bs, *hold, "--resume", *prog],
-             _trained(ntp, cfg.ntp_steps)),
+              "--video-tokens", str(tokens), "--out", str(ntp), *_train_flags("train", cfg.ntp_steps, 20, cfg),
+              *bs, *hold, "--resume"],
+             ntp, _trained(ntp, cfg.ntp_steps)),
         Step("CLAP-RF post-training (NTP adaptation, then RF head + Knowledge Matching)",
              ["train", "post", "--config", cfg.post, "--ntp", str(ntp), "--robot-data", str(robot),
               "--video-tokens", str(tokens), "--out", str(post),
-              "--adapt.steps", str(cfg.adapt_steps), "--adapt.warmup-steps", str(max(1, cfg.adapt_steps // 10)),
-              "--adapt.batch-size", str(cfg.batch_size),
-              "--train.steps", str(cfg.post_steps), "--train.warmup-steps", str(max(1, cfg.post_steps // 10)),
-              "--train.lr", str(cfg.post_lr),
-              *bs, *hold, "--resume", *prog],
-             _trained(post, cfg.post_steps)),
+              *_train_flags("adapt", cfg.adapt_steps, 10, cfg), "--adapt.batch-size", str(cfg.batch_size),
+              *_train_flags("train", cfg.post_steps, 10, cfg), "--train.lr", str(cfg.post_lr),
+              *bs, *hold, "--resume"],
+             post, _trained(post, cfg.post_steps)),
         Step("closed loop: CLAP-NTP",
              [*rollout, "--policy", str(ntp), "--out", str(ev / "rollout_ntp.json")],
-             _exists(ev / "rollout_ntp.json")),
+             ev / "rollout_ntp.json", _exists(ev / "rollout_ntp.json")),
         Step("closed loop: CLAP-RF (records one video per task)",
              [*rollout, "--policy", str(post), "--video-episodes", "1", "--out", str(ev / "rollout_rf.json")],
-             _exists(ev / "rollout_rf.json")),
+             ev / "rollout_rf.json", _exists(ev / "rollout_rf.json")),
         Step("latency: NTP decoding vs RF denoising on the same backbone",
              ["eval", "latency", "--policy", str(post), "--repeats", str(cfg.latency_repeats),
               "--out", str(ev / "latency.json")],
-             _exists(ev / "latency.json")),
+             ev / "latency.json", _exists(ev / "latency.json")),
     ]
     # fmt: on
 
 
-def _check_same_config(cfg: DemoConfig) -> None:
+# Settings that do not change what a step produces: a demo directory may be rerun with others.
+_FREE_SETTINGS = ("out", "progress", "workers")
+
+
+def _check_same_config(cfg: DemoConfig, plan: list[Step]) -> None:
     """A demo directory belongs to one config: finished steps are reused only when every setting
-    (other than progress bars) is the one they were made with."""
+    that shapes them is the one they were made with."""
     from dataclasses import asdict
 
     path = cfg.out / "demo_config.json"
-    now = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-           for k, v in asdict(cfg).items() if k not in ("out", "progress")}  # fmt: skip
+    now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k not in _FREE_SETTINGS}
     if path.exists():
         before = json.loads(path.read_text())
         diffs = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in now.items() if before.get(k) != v]
@@ -147,23 +157,44 @@ def _check_same_config(cfg: DemoConfig) -> None:
                 f"{cfg.out} holds a demo run with other settings ({'; '.join(diffs)}); its finished steps would "
                 f"not match them. Use another --out, or delete {cfg.out} to start over."
             )
-    else:
-        _write_json(path, now)
+        return
+    made = [s.name for s in plan if s.output.exists()]
+    if made:
+        raise ClapError(
+            f"{cfg.out} has demo outputs ({', '.join(made[:3])}{', ...' if len(made) > 3 else ''}) but no "
+            f"demo_config.json saying which settings made them; use another --out, or delete {cfg.out}."
+        )
+    _write_json(path, now)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a stale output out of the way (kept, never deleted): <name>.stale-1, -2, ..."""
+    k = 1
+    while (dest := path.with_name(f"{path.name}.stale-{k}")).exists():
+        k += 1
+    path.rename(dest)
+    return dest
 
 
 def run(cfg: DemoConfig) -> int:
     from clap_vla.cli import main
 
     cfg.out.mkdir(parents=True, exist_ok=True)
-    _check_same_config(cfg)
     plan = steps(cfg)
+    _check_same_config(cfg, plan)
     t_start = time.time()
-    timings_path = cfg.out / "timings.json"
-    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    record_path = cfg.out / "steps.json"
+    record: dict[str, dict] = json.loads(record_path.read_text()) if record_path.exists() else {}
+    newest = 0.0  # when the latest earlier step finished: a step made before that is stale
     for i, step in enumerate(plan, 1):
         head = f"[demo {i}/{len(plan)}] {step.name}"
+        rec = record.get(step.name)
+        if step.done() and rec and rec["finished"] < newest:
+            moved = _move_aside(step.output)
+            print(f"{head}: an earlier step was redone since this one ran; its output moved to {moved}", flush=True)
         if step.done():
             print(f"{head}: already done, skipping", flush=True)
+            newest = max(newest, rec["finished"] if rec else 0.0)
             continue
         print(f"{head}\n  $ clap {' '.join(step.argv)}", flush=True)
         t0 = time.time()
@@ -174,9 +205,11 @@ def run(cfg: DemoConfig) -> int:
             return rc
         if not step.done():
             raise ClapError(f"step {i} ({step.name}) returned 0 but did not write its output")
-        timings[step.name] = round(time.time() - t0, 1)
-        _write_json(timings_path, timings)
-        print(f"  done in {timings[step.name]:.0f} s (demo so far {time.time() - t_start:.0f} s)", flush=True)
+        newest = time.time()
+        record[step.name] = {"seconds": round(newest - t0, 1), "finished": newest}
+        _write_json(record_path, record)
+        print(f"  done in {newest - t0:.0f} s (demo so far {newest - t_start:.0f} s)", flush=True)
+    timings = {s.name: record[s.name]["seconds"] for s in plan if s.name in record}
     report = build_report(cfg, timings)
     plots(cfg, report)
     _write_json(cfg.out / "report.json", report)
@@ -212,8 +245,7 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
             if outcomes:
                 sets[label] = _rate(outcomes)
         success[name] = {"per_task": per, "sets": sets, "episodes_per_task": cfg.eval_episodes}
-    # One rollout video for the report: a successful episode when there is one.
-    videos = sorted((ev / "rollout_rf_videos").glob("*.mp4"), key=lambda p: ("_ok" not in p.stem, p.name))
+    video = _report_video(ev)
     return {
         "task_set_a_robot_and_video": cfg.tasks_a,
         "task_set_b_video_only": cfg.tasks_b,
@@ -228,7 +260,7 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
             **{f"{k}_p50": v["p50_ms"] for k, v in lat.items() if k.startswith("rf_")},
             **{k: v for k, v in lat.items() if k.startswith("ratio")},
         },
-        "video": str(videos[0]) if videos else None,
+        "video": str(video) if video else None,
         "plots": {
             "rate_distortion": str(o / "rate_distortion" / "plot.png"),
             "latent_tsne": str(vd.get("tsne") or ""),
@@ -238,6 +270,19 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
         "seconds_per_step": timings,
         "seconds_total": round(sum(timings.values()), 1),
     }
+
+
+def _report_video(ev: Path) -> Path | None:
+    """The rollout video for the report: the first successful episode of this RF evaluation (by
+    its outcomes, so videos of an earlier run are never picked), else its first recorded episode."""
+    outcomes = _read(ev / "rollout_rf.json")["tasks"]
+    found = []
+    for task, r in outcomes.items():
+        for o in r["outcomes"]:
+            path = ev / "rollout_rf_videos" / f"{task}_seed{o['seed']}_{'ok' if o['success'] else 'fail'}.mp4"
+            if path.exists():
+                found.append((not o["success"], path))
+    return min(found)[1] if found else None
 
 
 def _rate(outcomes: list[bool]) -> dict:

@@ -60,9 +60,10 @@ def run(cfg: RateDistortionConfig) -> int:
     knee = elbow([(r["rate"], r["psnr"]) for r in rows])
     for i, r in enumerate(rows):
         r["elbow"] = i == knee
-    ck.write_json(cfg.out / "table.json", {"data": [str(p) for p in cfg.data], "rows": rows})
     (cfg.out / "table.md").write_text(table_markdown(rows))
     plot(rows, cfg.out / "plot.png")
+    # Last: table.json marks the sweep finished (`clap demo` and the experiment scripts test for it).
+    ck.write_json(cfg.out / "table.json", {"data": [str(p) for p in cfg.data], "rows": rows})
     print(table_markdown(rows))
     print(f"wrote {cfg.out}/table.md, table.json, plot.png")
     return 0

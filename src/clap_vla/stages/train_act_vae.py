@@ -48,7 +48,7 @@ def run(cfg: ActVAETrainConfig) -> int:
         return reconstruction_metrics(m, iterate(held, cfg.eval_batch_size), info.device)
 
     index = None
-    if info.is_main:
+    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
         cfg.out.mkdir(parents=True, exist_ok=True)
         index = save_norm_stats(cfg.out, cfg.data, stats)
     meta = {

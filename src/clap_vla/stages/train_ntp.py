@@ -156,7 +156,7 @@ def run(cfg: NTPTrainConfig) -> int:
         return token_metrics(m, robot_held[0], text, cfg.eval_samples, cfg.eval_generate, batch_size=64)
 
     index = None
-    if info.is_main:
+    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
         cfg.out.mkdir(parents=True, exist_ok=True)
         index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
         for entry, p in zip(index, cfg.robot_data, strict=True):

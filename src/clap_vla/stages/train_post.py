@@ -83,7 +83,14 @@ def run(cfg: PostTrainConfig) -> int:
         raise ConfigError("--ntp: name the CLAP-NTP artifact to post-train")
     if not cfg.robot_data:
         raise ConfigError("--robot-data: name the target robot's datasets")
-    parent = adapt(cfg) if cfg.adapt_stage else Path(cfg.ntp)
+    dry = cfg.train.dry_run
+    if dry and cfg.adapt_stage:
+        # Nothing is written in a dry run, so stage 2 is built on the given NTP artifact instead of
+        # stage 1's output; stage 1 gets its own dry run first.
+        from dataclasses import replace
+
+        adapt(replace(cfg, adapt=replace(cfg.adapt, dry_run=True)))
+    parent = adapt(cfg) if cfg.adapt_stage and not dry else Path(cfg.ntp)
     mcfg = cfg.resolved_model()
     policy, pmeta = load_ntp(parent)
     pconf = pmeta["config"]
@@ -110,12 +117,14 @@ def run(cfg: PostTrainConfig) -> int:
     def evaluate(m) -> dict[str, float]:
         return rf_metrics(m, held[0], text, cfg.eval_samples)
 
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
-    for entry, p in zip(index, cfg.robot_data, strict=True):
-        entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
-    policy.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
-    copy_act_vae(act_dir, cfg.out)
+    index = []
+    if not dry:  # a dry run writes nothing
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
+        for entry, p in zip(index, cfg.robot_data, strict=True):
+            entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
+        policy.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
+        copy_act_vae(act_dir, cfg.out)
     meta = {
         "stage": "post",
         "parents": {"ntp": ck.parent_entry(cfg.ntp), "reference": ck.parent_entry(parent)},

@@ -128,7 +128,7 @@ def run(cfg: VDVAETrainConfig) -> int:
         return alignment_metrics(m, robot_held[0], cfg.eval_transitions, batch_size=256)
 
     index = None
-    if info.is_main:
+    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
         cfg.out.mkdir(parents=True, exist_ok=True)
         index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
     meta = {

@@ -60,6 +60,9 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     progress: bool = True
+    dry_run: bool = False
+    """Build the model and the data, run ONE training step on one batch, print parameter counts,
+    batch shapes, the loss, step time and peak memory, and write nothing (no run directory)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
@@ -120,6 +123,11 @@ def fit(
     model.to(info.device)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lr_multipliers)
     full_config = {"train": asdict(cfg), **(stage_config or {})}
+    autocast = (
+        torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+    )
+    if cfg.dry_run:
+        return _dry_run(model, data, cfg, optimizer, info, autocast, run_dir)
 
     start, ema = 0, None
     has_ckpt = (run_dir / ck.CHECKPOINT / ck.STATE).exists()
@@ -161,9 +169,6 @@ def fit(
         )
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         net = ddp(net, device_ids=device_ids, **no_sync)
-    autocast = (
-        torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
     meta = dict(meta or {})
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -244,6 +249,69 @@ def fit(
     return {"step": cfg.steps, "train": last_train, "eval": last_eval}
 
 
+def _describe(batch: Any) -> dict[str, str]:
+    """Field -> "dtype (shape)" of a batch dataclass (or dict) of tensors."""
+    items = batch.items() if isinstance(batch, dict) else ((k, getattr(batch, k)) for k in batch.__dataclass_fields__)
+    out = {}
+    for k, v in items:
+        if isinstance(v, torch.Tensor):
+            out[k] = f"{str(v.dtype).removeprefix('torch.')} {tuple(v.shape)}"
+        elif isinstance(v, dict):
+            out.update({f"{k}.{kk}": f"{str(t.dtype).removeprefix('torch.')} {tuple(t.shape)}"
+                        for kk, t in v.items() if isinstance(t, torch.Tensor)})  # fmt: skip
+    return out
+
+
+def _dry_run(model, data, cfg: TrainConfig, optimizer, info: DistInfo, autocast, run_dir: Path) -> dict[str, Any]:
+    """One training step on one batch; nothing is written (see TrainConfig.dry_run)."""
+    import resource
+
+    t0 = time.perf_counter()
+    batch = to_device(data.batch(0, info.rank, info.world_size), info.device)
+    t_batch = time.perf_counter() - t0
+    net = _LossModule(model)
+    model.train()
+    t0 = time.perf_counter()
+    with autocast:
+        loss, metrics = net(batch)
+    if not torch.isfinite(loss):
+        raise ClapError(f"dry run: the first batch's loss is {loss.item()}; check the data and the lr")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    no_grad = sum(1 for p in trainable if p.grad is None)
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+    optimizer.step()
+    if info.device.type == "cuda":
+        torch.cuda.synchronize()
+    step_s = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in trainable),
+        "trainable_without_grad": no_grad,
+        "batch": _describe(batch),
+        "loss": float(loss.detach()),
+        "metrics": {k: float(v.detach() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()},
+        "batch_s": t_batch,
+        "step_s": step_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "world_size": info.world_size,
+    }
+    if info.device.type == "cuda":
+        summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated(info.device) / 2**20
+    if info.is_main:
+        print(f"dry run ({run_dir} not written): {summary['parameters'] / 1e6:.2f} M parameters, "
+              f"{summary['trainable'] / 1e6:.2f} M trainable "
+              f"({no_grad} trainable tensors without a gradient)")  # fmt: skip
+        for k, v in summary["batch"].items():
+            print(f"  batch.{k}: {v}")
+        print(f"  loss {summary['loss']:.4g}; batch {t_batch:.2f} s, step {step_s:.2f} s; peak RSS "
+              f"{summary['peak_rss_mb']:.0f} MB" + (f", peak CUDA {summary['peak_cuda_mb']:.0f} MB"
+              if "peak_cuda_mb" in summary else ""))  # fmt: skip
+    return {"step": 0, "train": {"loss": summary["loss"]}, "eval": {}, "dry_run": summary}
+
+
 def _run_eval(model, ema, evaluate, info) -> dict[str, float]:
     if not info.is_main:
         barrier()
@@ -269,7 +337,7 @@ def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
 
     saved = ck.read_json(run_dir / ck.CONFIG)
     now = json.loads(json.dumps(full_config, default=str))
-    ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite"}
+    ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite", "dry_run"}
     diffs = []
     for section in set(saved) | set(now):
         a, b = saved.get(section, {}), now.get(section, {})
