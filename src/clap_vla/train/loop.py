@@ -62,7 +62,8 @@ class TrainConfig:
     progress: bool = True
     dry_run: bool = False
     """Build the model and the data, run ONE training step on one batch, print parameter counts,
-    batch shapes, the loss, step time and peak memory, and write nothing (no run directory)."""
+    batch shapes, the loss, step time and peak memory, and write nothing into the run directory
+    (shared frame/feature caches the stage builds are kept for the real run)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
