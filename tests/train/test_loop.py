@@ -216,6 +216,25 @@ def test_stage_trains_an_artifact_from_datasets(tmp_path: Path):
     assert main([*args, "--resume"]) == 0  # already done: returns at once
 
 
+def test_a_refused_command_leaves_the_existing_run_untouched(tmp_path: Path):
+    """Norm stats, tokenizer and the like are written only after the run directory was checked: a
+    fresh run into an existing one, or a resume with other data, must not overwrite its files."""
+    from tests.conftest import write_toy
+
+    from clap_vla.cli import main
+
+    write_toy(tmp_path / "one", n=10, length=20, size=32)
+    write_toy(tmp_path / "two", n=10, length=20, size=32, seed=5)
+    out = tmp_path / "av"
+    base = ["train", "act-vae", "--config", "act_vae_tiny", "--out", str(out), "--train.steps", "2",
+            "--train.no-progress"]  # fmt: skip
+    assert main([*base, "--data", str(tmp_path / "one")]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([*base, "--data", str(tmp_path / "two")]) != 0  # exists: needs --resume
+    assert main([*base, "--data", str(tmp_path / "two"), "--resume"]) != 0  # a different config
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_dry_run_builds_model_and_batch_trains_one_step_and_writes_nothing(tmp_path: Path, capsys):
     from tests.conftest import write_toy
 

@@ -47,14 +47,12 @@ def run(cfg: ActVAETrainConfig) -> int:
     def evaluate(m) -> dict[str, float]:
         return reconstruction_metrics(m, iterate(held, cfg.eval_batch_size), info.device)
 
-    index = None
-    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        index = save_norm_stats(cfg.out, cfg.data, stats)
+    def prepare() -> dict:
+        return {"norm_stats": save_norm_stats(cfg.out, cfg.data, stats)}
+
     meta = {
         "stage": "act-vae",
         "datasets": [{"path": str(Path(p).resolve()), "fingerprint": RobotDataset(p).fingerprint()} for p in cfg.data],
-        "norm_stats": index,
         "chunks": {"train": len(train), "heldout": len(held)},
     }
     stage_config = {"model": asdict(cfg.model), "data": [str(p) for p in cfg.data], "holdout_every": cfg.holdout_every}
@@ -68,6 +66,7 @@ def run(cfg: ActVAETrainConfig) -> int:
         stage_config=stage_config,
         meta=meta,
         dist_info=info,
+        prepare=prepare,
     )
     if info.is_main and result["eval"]:
         e = result["eval"]

@@ -155,14 +155,14 @@ def run(cfg: NTPTrainConfig) -> int:
             return {}
         return token_metrics(m, robot_held[0], text, cfg.eval_samples, cfg.eval_generate, batch_size=64)
 
-    index = None
-    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
-        cfg.out.mkdir(parents=True, exist_ok=True)
+    def prepare() -> dict:
         index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
         for entry, p in zip(index, cfg.robot_data, strict=True):
             entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
         model.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
         copy_act_vae(Path(cfg.act_vae), cfg.out)
+        return {"norm_stats": index}
+
     meta = {
         "stage": "ntp",
         "parents": {
@@ -174,7 +174,6 @@ def run(cfg: NTPTrainConfig) -> int:
             {"path": str(Path(p).resolve()), "fingerprint": RobotDataset(p).fingerprint(), "kind": "robot"}
             for p in cfg.robot_data
         ],
-        "norm_stats": index,
         "samples": {f"{s.name} ({s.kind})": len(s) for s in train},
     }
     stage_config = {
@@ -200,6 +199,7 @@ def run(cfg: NTPTrainConfig) -> int:
         stage_config=stage_config,
         meta=meta,
         dist_info=info,
+        prepare=prepare,
     )
     if info.is_main and result["eval"]:
         e = result["eval"]

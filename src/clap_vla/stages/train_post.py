@@ -117,14 +117,14 @@ def run(cfg: PostTrainConfig) -> int:
     def evaluate(m) -> dict[str, float]:
         return rf_metrics(m, held[0], text, cfg.eval_samples)
 
-    index = []
-    if not dry:  # a dry run writes nothing
-        cfg.out.mkdir(parents=True, exist_ok=True)
+    def prepare() -> dict:
         index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
         for entry, p in zip(index, cfg.robot_data, strict=True):
             entry["robot_type"] = str(RobotDataset(p).info.get("robot_type") or "robot")
         policy.tokenizer.save_pretrained(cfg.out / TOKENIZER_DIR)
         copy_act_vae(act_dir, cfg.out)
+        return {"norm_stats": index}
+
     meta = {
         "stage": "post",
         "parents": {"ntp": ck.parent_entry(cfg.ntp), "reference": ck.parent_entry(parent)},
@@ -132,7 +132,6 @@ def run(cfg: PostTrainConfig) -> int:
             {"path": str(Path(p).resolve()), "fingerprint": RobotDataset(p).fingerprint(), "kind": "robot"}
             for p in cfg.robot_data
         ],
-        "norm_stats": index,
         "samples": {s.name: len(s) for s in train},
     }
     clap = asdict(mcfg)
@@ -158,6 +157,7 @@ def run(cfg: PostTrainConfig) -> int:
         evaluate=evaluate,
         stage_config=stage_config,
         meta=meta,
+        prepare=prepare,
     )
     if result["eval"]:
         e = result["eval"]

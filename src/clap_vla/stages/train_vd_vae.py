@@ -127,10 +127,9 @@ def run(cfg: VDVAETrainConfig) -> int:
     def evaluate(m) -> dict[str, float]:
         return alignment_metrics(m, robot_held[0], cfg.eval_transitions, batch_size=256)
 
-    index = None
-    if info.is_main and not cfg.train.dry_run:  # a dry run writes nothing
-        cfg.out.mkdir(parents=True, exist_ok=True)
-        index = save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])
+    def prepare() -> dict:
+        return {"norm_stats": save_norm_stats(cfg.out, cfg.robot_data, [n.stats for n in norms])}
+
     meta = {
         "stage": "vd-vae",
         "parents": {"act_vae": ck.parent_entry(cfg.act_vae)},
@@ -139,7 +138,6 @@ def run(cfg: VDVAETrainConfig) -> int:
             for kind, ps in (("robot", cfg.robot_data), ("video", cfg.video_data))
             for p in ps
         ],
-        "norm_stats": index,
         "transitions": {s.name: len(s) for s in train},
     }
     stage_config = {
@@ -163,6 +161,7 @@ def run(cfg: VDVAETrainConfig) -> int:
         stage_config=stage_config,
         meta=meta,
         dist_info=info,
+        prepare=prepare,
     )
     if info.is_main and result["eval"]:
         e = result["eval"]

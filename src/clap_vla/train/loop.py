@@ -116,8 +116,14 @@ def fit(
     stage_config: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     dist_info: DistInfo | None = None,
+    prepare: Callable[[], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Train; return {"step", "train": last logged metrics, "eval": last eval metrics}."""
+    """Train; return {"step", "train": last logged metrics, "eval": last eval metrics}.
+
+    `prepare` writes the stage's own files into `run_dir` (norm stats, tokenizer, ...) and returns
+    entries for meta.json. It runs on rank 0 only AFTER the run directory was checked (a fresh
+    run refuses an existing one; a resume refuses a different config), so a refused command never
+    overwrites anything of the run it was refused for; a dry run never calls it."""
     run_dir = Path(run_dir)
     info = dist_info or setup(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -171,6 +177,8 @@ def fit(
         device_ids = [info.device.index] if info.device.type == "cuda" else None
         net = ddp(net, device_ids=device_ids, **no_sync)
     meta = dict(meta or {})
+    if prepare is not None and info.is_main:
+        meta.update(prepare() or {})
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     bar = None
