@@ -182,6 +182,54 @@ def test_ddp_two_ranks_on_gloo_stay_in_sync(tmp_path: Path):
     assert (tmp_path / "run" / ck.MODEL).exists() and (tmp_path / "run" / ck.META).exists()
 
 
+def _ddp_equiv_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    m = _model_no_restart()
+    fit(m, ChunkSource(_chunks(), batch_size=16), _cfg(steps=3, checkpoint_every=3, eval_every=3), Path(out))
+    torch.save(m.state_dict(), Path(out).parent / f"equiv_rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _model_no_restart(seed=0) -> ActVAE:
+    # Dead-code restarts draw new codes from rank 0's half of the batch (by design, see
+    # VectorQuantizer.restart_dead_codes), so they differ from a single process drawing from all of it.
+    torch.manual_seed(seed)
+    return ActVAE(replace(CFG, restart_every=0))
+
+
+def test_ddp_on_two_ranks_equals_one_process_over_the_same_global_batch(tmp_path: Path):
+    """Issue 9: each rank takes every other sample of the global batch, and masked means are taken
+    over every rank's elements (global_count), so 2 gloo ranks x 8 == 1 process x 16, even though
+    the ranks hold different numbers of present arms (a third of the chunks lack the left arm)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_equiv_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp")), nprocs=2, join=True)
+    single = _model_no_restart()
+    torch.use_deterministic_algorithms(True)
+    try:
+        fit(single, ChunkSource(_chunks(), batch_size=16), _cfg(steps=3, checkpoint_every=3, eval_every=3),
+            tmp_path / "single")  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ddp = torch.load(tmp_path / "equiv_rank0.pt")
+    for k, v in single.state_dict().items():
+        if k.endswith("usage_counts"):
+            continue  # per-rank by design
+        # Attention key biases get a zero gradient up to rounding (softmax ignores a per-query shift),
+        # and Adam scales that rounding noise up to lr-sized steps: they agree to 3e-5 (3 steps of
+        # lr 1e-3 move a weight up to 3e-3); every other tensor agrees to 1e-6.
+        tol = 3e-5 if k.endswith("qkv.bias") else 1e-6
+        torch.testing.assert_close(ddp[k], v, rtol=0, atol=tol, msg=k)
+    a = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in a if r["split"] == "train"] == pytest.approx(
+        [r["loss"] for r in b if r["split"] == "train"], rel=1e-5
+    )
+
+
 def test_stage_trains_an_artifact_from_datasets(tmp_path: Path):
     from tests.conftest import write_toy
 

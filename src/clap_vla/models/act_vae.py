@@ -24,6 +24,7 @@ from torch import nn
 from clap_vla.errors import ConfigError
 from clap_vla.nn.quantizer import VectorQuantizer
 from clap_vla.nn.transformer import SkipTransformer
+from clap_vla.train.distributed import global_count
 from clap_vla.types import ARM_DIM, NUM_ARMS, ChunkBatch
 
 PSNR_RANGE = 2.0  # R in eq. 8: the dynamic range of the normalised data ([-1, 1])
@@ -189,7 +190,7 @@ class ActVAE(nn.Module):
         recon, q, target = self(batch.actions, batch.arm_mask)
         valid = batch.action_valid[:, None, :].expand(-1, NUM_ARMS, -1)[batch.arm_mask]  # (N, H)
         err = ((recon.float() - target.float()) ** 2).mean(-1)  # (N, H)
-        mse = (err * valid).sum() / valid.sum().clamp(min=1)
+        mse = (err * valid).sum() / global_count(valid.sum()).clamp(min=1e-6)  # over every rank under DDP
         loss = mse + q.codebook_loss + q.commitment_loss
         metrics = {
             "recon_mse": mse.detach(),

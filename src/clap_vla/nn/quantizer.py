@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from clap_vla.errors import ConfigError
+from clap_vla.train.distributed import global_count
 
 _RESTART_NOISE = 1e-3
 """Std of the noise added to a revived code, relative to the RMS of the pool it is drawn from:
@@ -134,7 +135,8 @@ class VectorQuantizer(nn.Module):
             q = nn.functional.embedding(indices, self.codebook.float())  # (N, E), grad -> codebook
 
             n_valid = m.sum()
-            denom = n_valid.clamp_min(1).float() * self.dim  # elements of the real vectors
+            # Elements of the real vectors (over every rank's batch under DDP: see global_count).
+            denom = global_count(n_valid).clamp_min(1e-6) * self.dim
             w = m.float().unsqueeze(-1)  # (N, 1)
             codebook_loss = (((flat.detach() - q) ** 2) * w).sum() / denom
             commitment_loss = self.beta * ((((flat - q.detach()) ** 2) * w).sum() / denom)

@@ -50,6 +50,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+def global_count(count: torch.Tensor) -> torch.Tensor:
+    """The denominator that makes a masked mean under DDP equal to the single-process mean over the
+    whole global batch: (sum of the ranks' counts) / world size. DDP averages gradients over ranks,
+    so rank r's loss sum_r / that denominator averages to sum_all / count_all. Returns a float
+    tensor; unchanged outside training (no grad: evaluation runs on rank 0 alone) and without a
+    process group. Every rank must call it in the same order (it is a collective)."""
+    count = count.detach().float()
+    if not (dist.is_available() and dist.is_initialized()) or not torch.is_grad_enabled():
+        return count
+    world = dist.get_world_size()
+    if world == 1:
+        return count
+    total = count.clone()
+    dist.all_reduce(total)
+    return total / world
+
+
 def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     """Average scalar metrics over ranks (for logging)."""
     if not info.enabled or not values:
