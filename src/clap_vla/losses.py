@@ -28,6 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from clap_vla.train.distributed import global_count
+
 __all__ = [
     "KL_DIRECTIONS",
     "distributed_siglip_loss",
@@ -208,7 +210,8 @@ def distributed_siglip_loss(
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None, name: str) -> Tensor:
-    """Mean of `values` (...) over the elements whose leading dims are True in `mask` (a prefix shape)."""
+    """Mean of `values` (...) over the elements whose leading dims are True in `mask` (a prefix shape).
+    Under DDP training the count is every rank's (`global_count`), so the mean is the global batch's."""
     values = values.to(_compute_dtype(values))
     if mask is None:
         return values.mean()
@@ -216,7 +219,7 @@ def _masked_mean(values: Tensor, mask: Tensor | None, name: str) -> Tensor:
         raise ValueError(f"{name}: mask {tuple(mask.shape)} is not a leading part of shape {tuple(values.shape)}")
     w = mask.to(values.dtype).reshape(*mask.shape, *([1] * (values.ndim - mask.ndim)))  # broadcasts over the rest
     per_vector = math.prod(values.shape[mask.ndim :])  # elements per masked entry
-    return (values * w).sum() / (w.sum() * per_vector).clamp_min(1)
+    return (values * w).sum() / (global_count(w.sum()) * per_vector).clamp_min(1e-6)
 
 
 def feature_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 
 from clap_vla.errors import ConfigError
 from clap_vla.nn.vlm import VLMConfig, build_vlm
+from clap_vla.train.distributed import global_count
 from clap_vla.types import NUM_ARMS, NTPBatch
 
 PROMPT = (
@@ -120,7 +121,7 @@ class NTPModel(nn.Module):
         ce = nn.functional.cross_entropy(logits, labels, reduction="none")  # (M,)
         is_act = labels >= self.act_offset
         w = torch.where(is_act, 1.0, self.cfg.subtask_weight)
-        loss = (ce * w).sum() / w.sum().clamp(min=1e-6)
+        loss = (ce * w).sum() / global_count(w.sum()).clamp(min=1e-6)  # over every rank's tokens under DDP
         with torch.no_grad():
             hit = logits.argmax(-1) == labels
             nan = torch.tensor(float("nan"), device=logits.device)
