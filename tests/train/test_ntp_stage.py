@@ -94,25 +94,10 @@ def test_torchrun_two_ranks_equal_one_process(setup, tmp_path, monkeypatch):
     """Issue 9: `torchrun --nproc-per-node 2 -m clap_vla train ntp ...` (DDP on gloo, each rank every
     other sample of the global batch, token-count-weighted loss over every rank) trains the same
     weights as one process over the same global batch; only rank 0 writes the artifact."""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import assert_torchrun_matches_one_process
 
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert main(_args(setup, single, 3)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAP_CACHE_DIR": str(setup / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "clap_vla",
-           *_args(setup, ddp, 3)]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    a, b = ck.load_weights(single / ck.MODEL), ck.load_weights(ddp / ck.MODEL)
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=3e-5, msg=k)
-    la = [json.loads(x)["loss"] for x in (single / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    lb = [json.loads(x)["loss"] for x in (ddp / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    assert lb == pytest.approx(la, rel=1e-5)
+    assert_torchrun_matches_one_process(lambda out: _args(setup, out, 3), setup / "cache", tmp_path)
 
 
 def test_the_artifact_is_a_policy_for_eval_and_rollout(setup, tmp_path, monkeypatch):

@@ -114,28 +114,10 @@ def test_torchrun_two_ranks_equal_one_process(setup, tmp_path, monkeypatch):
     """Issue 9: `torchrun --nproc-per-node 2 -m clap_vla train vd-vae ...` (DDP on gloo; SigLIP with
     negatives from every rank; masked means over every rank) trains the same weights as one process
     over the same global batch."""
-    import os
-    import subprocess
-    import sys
+    from tests.conftest import assert_torchrun_matches_one_process
 
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert main(_args(setup, single, 3)) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAP_CACHE_DIR": str(setup / "cache")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "clap_vla",
-           *_args(setup, ddp, 3)]  # fmt: skip
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    a, b = ck.load_weights(single / ck.MODEL), ck.load_weights(ddp / ck.MODEL)
-    assert a.keys() == b.keys()
-    for k in a:
-        if "usage_counts" in k:
-            continue  # per rank by design
-        tol = 3e-5 if k.endswith("qkv.bias") else 1e-6  # attention key biases: see test_loop's DDP test
-        torch.testing.assert_close(b[k], a[k], rtol=0, atol=tol, msg=k)
-    la = [json.loads(x)["loss"] for x in (single / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    lb = [json.loads(x)["loss"] for x in (ddp / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    assert lb == pytest.approx(la, rel=1e-5)
+    assert_torchrun_matches_one_process(lambda out: _args(setup, out, 3), setup / "cache", tmp_path)
 
 
 def test_label_and_eval(setup, tmp_path, monkeypatch):
