@@ -36,37 +36,50 @@ def toy(tmp_path_factory) -> tuple[Path, list[ToyEpisode]]:
     return root, write_toy(root)
 
 
-def assert_torchrun_matches_one_process(args, cache: Path, tmp_path: Path) -> None:
-    """Train `clap <args(out)>` in this process and under `torchrun --nproc-per-node 2` (DDP on
-    gloo, same global batch); the artifacts' weights and the logged losses must agree. Attention
-    key biases get 3e-5 (their gradient is rounding noise that Adam scales up), the rest 1e-6;
-    per-rank codebook usage counts are skipped."""
-    import json
+def torchrun(args: list[str], cache: Path, nproc: int = 2):
+    """`torchrun --standalone --nproc-per-node N -m clap_vla <args>` on gloo, one thread per rank."""
     import os
     import subprocess
     import sys
 
-    import torch
-
-    from clap_vla.cli import main
-    from clap_vla.train import checkpoint as ck
-
-    single, ddp = tmp_path / "single", tmp_path / "ddp"
-    assert main(args(single)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CLAP_CACHE_DIR": str(cache)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "clap_vla",
-           *args(ddp)]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m",
+           "clap_vla", *args]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
-    a, b = ck.load_weights(single / ck.MODEL), ck.load_weights(ddp / ck.MODEL)
+    return res
+
+
+def assert_same_weights(a_dir: Path, b_dir: Path, atol: float = 1e-6) -> None:
+    """Two artifacts' weights agree: attention key biases within 3e-5 (their gradient is rounding
+    noise that Adam scales up), the rest within `atol`; per-rank codebook usage counts skipped."""
+    import torch
+
+    from clap_vla.train import checkpoint as ck
+
+    a, b = ck.load_weights(a_dir / ck.MODEL), ck.load_weights(b_dir / ck.MODEL)
     assert a.keys() == b.keys()
     for k in a:
         if "usage_counts" not in k:
-            tol = 3e-5 if k.endswith("qkv.bias") else 1e-6
+            tol = max(3e-5, atol) if k.endswith("qkv.bias") else atol
             torch.testing.assert_close(b[k].float(), a[k].float(), rtol=0, atol=tol, msg=k)
 
-    def losses(run: Path) -> list[float]:
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if r["split"] == "train"]
 
-    assert losses(ddp) == pytest.approx(losses(single), rel=1e-5)
+def train_losses(run: Path) -> list[float]:
+    import json
+
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def assert_torchrun_matches_one_process(args, cache: Path, tmp_path: Path, torchrun_extra=()) -> None:
+    """Train `clap <args(out)>` in this process and under `torchrun --nproc-per-node 2` (DDP on
+    gloo, or what `torchrun_extra` selects, same global batch); the artifacts' weights and the
+    logged losses must agree (`assert_same_weights`)."""
+    from clap_vla.cli import main
+
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    assert main(args(single)) == 0
+    torchrun([*args(ddp), *torchrun_extra], cache)
+    assert_same_weights(single, ddp)
+    assert train_losses(ddp) == pytest.approx(train_losses(single), rel=1e-5)

@@ -151,6 +151,10 @@ class NTPBatch:
     action_valid: torch.Tensor | None = None  # (B, H) bool
     arm_mask: torch.Tensor | None = None  # (B, A) bool
     state: torch.Tensor | None = None  # (B, A, D) float32, normalised state at t (optional state token)
+    # (B,) int64 seeds of each sample's training noise (CLAP-RF flow time and noise), a function of the
+    # step and the sample's slot in the GLOBAL batch: every rank draws its own, independent noise, and
+    # any number of ranks draws the same noise as one process (None: the global RNG).
+    sample_seed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])

@@ -299,7 +299,10 @@ class NTPSource:
             raise ConfigError(f"batch_size {self.batch_size} is not divisible by world size {world_size}")
         src, idx = self.slots(step)
         mine = slice(rank, None, world_size)
-        return collate(self.sets, src[mine], idx[mine], self.text)
+        b = collate(self.sets, src[mine], idx[mine], self.text)
+        slot = torch.arange(self.batch_size, dtype=torch.int64)[mine]
+        b.sample_seed = (self.seed * 1_000_003 + step) * self.batch_size + slot
+        return b
 
 
 def iterate(s: NTPSet, text: TextTokens, batch_size: int, limit: int | None = None):

@@ -28,7 +28,14 @@ from torch import nn
 from clap_vla.errors import ConfigError
 from clap_vla.losses import KL_DIRECTIONS, flow_matching_loss, knowledge_matching_kl
 from clap_vla.models.ntp_policy import IGNORE, NTPModel, NTPPolicy
-from clap_vla.models.rf_head import RFHead, RFHeadConfig, euler_sample, sample_time, select_layers
+from clap_vla.models.rf_head import (
+    RFHead,
+    RFHeadConfig,
+    euler_sample,
+    sample_time,
+    seeded_noise_and_time,
+    select_layers,
+)
 from clap_vla.types import ARM_DIM, NUM_ARMS, NTPBatch
 
 REFERENCE = "reference"
@@ -88,6 +95,13 @@ class ClapModel(nn.Module):
             self.reference = None
         self.last_timing: dict[str, float] = {}  # seconds of the last sample_actions(): prefix, denoise
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """FSDP / activation-checkpointing units: the policy's and the frozen reference's VLM layers
+        (the reference is sharded too: at 4B parameters a replica per rank is what FSDP avoids) and
+        the head's DiT blocks."""
+        ref = self.reference.transformer_blocks() if self.reference is not None else []
+        return [*self.policy.transformer_blocks(), *ref, *self.head.blocks]
+
     # The frozen reference is the parent artifact: keep it out of checkpoints and artifacts.
     def state_dict(self, *args, **kwargs):
         sd = super().state_dict(*args, **kwargs)
@@ -130,8 +144,11 @@ class ClapModel(nn.Module):
         ctx_mask = full.bool() & (torch.arange(T_all, device=full.device)[None] < prefix[:, None])
         a = batch.actions  # (B, H, A, D)
         H = a.shape[1]
-        noise = torch.randn_like(a)
-        t = sample_time(B, self.cfg.rf, a.device)
+        if batch.sample_seed is not None:
+            noise, t = seeded_noise_and_time(batch.sample_seed, tuple(a.shape[1:]), self.cfg.rf)
+            noise, t = noise.to(a), t.to(a.device)
+        else:
+            noise, t = torch.randn_like(a), sample_time(B, self.cfg.rf, a.device)
         x_t = t[:, None, None, None] * noise + (1 - t[:, None, None, None]) * a
         v = self.head(x_t.reshape(B, H, -1), t, self.contexts(out, detach=self.cfg.ki), ctx_mask,
                       _state(batch, self.cfg.rf))  # fmt: skip

@@ -106,6 +106,12 @@ class NTPModel(nn.Module):
         ones = torch.ones(len(batch), n_vis, dtype=batch.attention_mask.dtype, device=batch.attention_mask.device)
         return torch.cat([ones, batch.attention_mask], 1)
 
+    def transformer_blocks(self) -> list[nn.Module]:
+        """The backbone's decoder layers (and vision blocks): FSDP and activation-checkpointing units."""
+        from clap_vla.train.fsdp import hf_blocks
+
+        return hf_blocks(self.vlm)
+
     # -- training -----------------------------------------------------------------------------------
 
     def target_logits(self, batch: NTPBatch, output_hidden_states: bool = False):

@@ -99,6 +99,21 @@ def sample_time(n: int, cfg: RFHeadConfig, device, generator: torch.Generator | 
     return (t * (1 - TIME_MIN) + TIME_MIN).to(device)
 
 
+def seeded_noise_and_time(
+    seeds: torch.Tensor, shape: tuple[int, ...], cfg: RFHeadConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training noise (B, *shape) and flow times (B,) drawn per sample from its seed (NTPBatch.
+    sample_seed), on the CPU in fp32, without touching the global RNG: a sample's draw depends on
+    its seed alone, not on which rank holds it or how many samples that rank has."""
+    noise, t = [], []
+    with torch.random.fork_rng(devices=[]):
+        for s in seeds.tolist():
+            torch.manual_seed(int(s))
+            noise.append(torch.randn(shape))
+            t.append(sample_time(1, cfg, "cpu"))
+    return torch.stack(noise), torch.cat(t)
+
+
 def time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """(B,) times in [0, 1] -> (B, dim) sinusoidal features, in fp32 (times are scaled by 1000)."""
     half = dim // 2

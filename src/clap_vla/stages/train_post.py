@@ -19,8 +19,7 @@ def adapt(cfg: PostTrainConfig) -> Path:
 
     out = cfg.out / STAGE1
     state = out / ck.CHECKPOINT / ck.STATE
-    done = state.exists() and ck.read_json(state).get("step", 0) >= cfg.adapt.steps
-    if done:
+    if state.exists() and adapted(cfg, out):
         print(f"stage 1: reusing the adapted NTP policy in {out}")
         return out
     ncfg = NTPTrainConfig(
@@ -30,6 +29,13 @@ def adapt(cfg: PostTrainConfig) -> Path:
     )  # fmt: skip
     train_ntp.run(ncfg)
     return out
+
+
+def adapted(cfg: PostTrainConfig, out: Path) -> bool:
+    """Whether stage 1 ran to its last step (not stopped early by --adapt.stop-at)."""
+    from clap_vla.train import checkpoint as ck
+
+    return ck.read_json(out / ck.CHECKPOINT / ck.STATE).get("step", 0) >= cfg.adapt.steps
 
 
 def rf_metrics(model, s, text, samples: int, batch_size: int = 64, steps: int | None = None) -> dict[str, float]:
@@ -91,6 +97,9 @@ def run(cfg: PostTrainConfig) -> int:
 
         adapt(replace(cfg, adapt=replace(cfg.adapt, dry_run=True)))
     parent = adapt(cfg) if cfg.adapt_stage and not dry else Path(cfg.ntp)
+    if cfg.adapt_stage and not dry and not adapted(cfg, parent):
+        print(f"stage 1 stopped before step {cfg.adapt.steps}; stage 2 starts once it is done (--resume)")
+        return 0
     mcfg = cfg.resolved_model()
     policy, pmeta = load_ntp(parent)
     pconf = pmeta["config"]
@@ -168,4 +177,4 @@ def run(cfg: PostTrainConfig) -> int:
     return 0
 
 
-__all__ = ["adapt", "rf_metrics", "run"]
+__all__ = ["adapt", "adapted", "rf_metrics", "run"]

@@ -8,8 +8,10 @@ Contract:
   - Optional `evaluate(model) -> dict[str, float]` runs on rank 0 every `eval_every` steps and at
     the end, with the EMA weights when EMA is on.
 
-Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU); each
-rank draws its own slice of every global batch; rank 0 writes metrics and checkpoints.
+Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), or
+sharded with FSDP2 (`strategy="fsdp"`, see train/fsdp.py); each rank draws its own slice of every
+global batch; rank 0 writes metrics, checkpoints and artifacts (FSDP checkpoints: every rank its
+shards).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.train import checkpoint as ck
+from clap_vla.train import fsdp
 from clap_vla.train.distributed import DistInfo, all_reduce_mean, barrier, setup
 from clap_vla.train.metrics import MetricsWriter
 from clap_vla.train.optim import build_optimizer, lr_factor, set_lr
@@ -60,6 +63,15 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     progress: bool = True
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
+    optimiser state with FSDP2 (VLM stages) and writes sharded checkpoints that resume on another
+    number of ranks."""
+    stop_at: int = 0
+    """Stop once this step is done and checkpointed, keeping the schedule of `steps`; continue later
+    with --resume (a job on a preemptible or time-limited cluster slot). 0 = run to `steps`."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in backward (less memory, ~1/3 more compute)."""
     dry_run: bool = False
     """Build the model and the data, run ONE training step on one batch, print parameter counts,
     batch shapes, the loss, step time and peak memory, and write nothing into the run directory
@@ -127,14 +139,23 @@ def fit(
     run_dir = Path(run_dir)
     info = dist_info or setup(cfg.device)
     torch.manual_seed(cfg.seed)
-    model.to(info.device)
+    net: nn.Module = _LossModule(model)
+    sharded = cfg.strategy == "fsdp"
+    if not (sharded and info.enabled):
+        model.to(info.device)  # (fully_shard moves only each rank's shards onto the device)
+    if sharded or cfg.activation_checkpointing:
+        blocks = fsdp.transformer_blocks(model, stage=run_dir.name)
+        if cfg.activation_checkpointing:
+            fsdp.apply_activation_checkpointing(blocks)
+        if sharded and info.enabled:
+            fsdp.shard(net, blocks, info.device)  # before the optimiser: it swaps in sharded parameters
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lr_multipliers)
     full_config = {"train": asdict(cfg), **(stage_config or {})}
     autocast = (
         torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     )
     if cfg.dry_run:
-        return _dry_run(model, data, cfg, optimizer, info, autocast, run_dir)
+        return _dry_run(model, net, data, cfg, optimizer, info, autocast, run_dir)
 
     start, ema = 0, None
     has_ckpt = (run_dir / ck.CHECKPOINT / ck.STATE).exists()
@@ -144,10 +165,14 @@ def fit(
         )
     if has_ckpt:
         _check_same_config(run_dir, full_config)
-        start, ema, _ = ck.load_checkpoint(run_dir, model, optimizer)
-        model.to(info.device)
-        if ema is not None:
-            ema = {k: v.to(info.device) for k, v in ema.items()}
+        if sharded:
+            ema = _ema_init(model) if cfg.ema_decay > 0 else None
+            start = fsdp.load(run_dir / ck.CHECKPOINT, net, optimizer, ema)
+        else:
+            start, ema, _ = ck.load_checkpoint(run_dir, model, optimizer)
+            model.to(info.device)
+            if ema is not None:
+                ema = {k: v.to(info.device) for k, v in ema.items()}
         if start >= cfg.steps:
             if info.is_main:
                 print(f"{run_dir}: already trained for {start} steps")
@@ -157,13 +182,12 @@ def fit(
         ck.write_json(run_dir / ck.CONFIG, full_config)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rows of a run killed before its first checkpoint
     if ema is None and cfg.ema_decay > 0:
-        ema = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        ema = _ema_init(model)
 
     writer = MetricsWriter(run_dir, enabled=info.is_main)
     if has_ckpt:
         writer.truncate_after(start)
-    net: nn.Module = _LossModule(model)
-    if info.enabled:
+    if info.enabled and not sharded:
         # Per-rank buffers (e.g. codebook usage counts) must not be overwritten by rank 0's at every
         # forward; newer torch names the switch forward_sync_buffers (syncing once at init is fine).
         import inspect
@@ -190,7 +214,8 @@ def fit(
     counts: dict[str, torch.Tensor] = {}
     count, t0 = 0, time.perf_counter()
     model.train()
-    for step in range(start, cfg.steps):
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
+    for step in range(start, end):
         batch = to_device(data.batch(step, info.rank, info.world_size), info.device)
         lr = set_lr(optimizer, cfg.lr, lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
         with autocast:
@@ -241,21 +266,28 @@ def fit(
         if bar is not None:
             bar.update(1)
         if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
-            last_eval = _run_eval(model, ema, evaluate, info)
+            last_eval = _run_eval(model, ema, evaluate, info, net if sharded and info.enabled else None)
             if info.is_main:
                 writer.write(done, last_eval, prefix="eval")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            if info.is_main:
+        if done % cfg.checkpoint_every == 0 or done in (cfg.steps, end):
+            if sharded:  # every rank writes its shards; the artifact's weights are gathered whole
+                fsdp.save(run_dir / ck.CHECKPOINT, net, optimizer, done, ema, info.is_main)
+                sd = fsdp.full_state_dict(model.state_dict(), keep=info.is_main)
+                weights = fsdp.full_state_dict(ema, keep=info.is_main) if ema is not None else {}
+            elif info.is_main:
                 ck.save_checkpoint(run_dir, model, optimizer, done, ema)
-                weights = ema if ema is not None else model.state_dict()
-                ck.save_weights(run_dir / ck.MODEL, {**model.state_dict(), **(weights or {})})
+                sd, weights = model.state_dict(), ema or {}
+            if info.is_main:
+                ck.save_weights(run_dir / ck.MODEL, {**sd, **weights})
                 meta.update(step=done, code_version=ck.code_version(), train=last_train, eval=last_eval)
                 ck.write_json(run_dir / ck.META, meta)
             barrier()
     if bar is not None:
         bar.close()
     writer.close()
-    return {"step": cfg.steps, "train": last_train, "eval": last_eval}
+    if end < cfg.steps and info.is_main:
+        print(f"{run_dir}: stopped at step {end} of {cfg.steps} (--train.stop-at); continue with --resume")
+    return {"step": end, "train": last_train, "eval": last_eval}
 
 
 def _describe(batch: Any) -> dict[str, str]:
@@ -271,14 +303,17 @@ def _describe(batch: Any) -> dict[str, str]:
     return out
 
 
-def _dry_run(model, data, cfg: TrainConfig, optimizer, info: DistInfo, autocast, run_dir: Path) -> dict[str, Any]:
+def _ema_init(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _dry_run(model, net, data, cfg: TrainConfig, optimizer, info: DistInfo, autocast, run_dir: Path) -> dict[str, Any]:
     """One training step on one batch; nothing is written (see TrainConfig.dry_run)."""
     import resource
 
     t0 = time.perf_counter()
     batch = to_device(data.batch(0, info.rank, info.world_size), info.device)
     t_batch = time.perf_counter() - t0
-    net = _LossModule(model)
     model.train()
     t0 = time.perf_counter()
     with autocast:
@@ -305,7 +340,9 @@ def _dry_run(model, data, cfg: TrainConfig, optimizer, info: DistInfo, autocast,
         "batch_s": t_batch,
         "step_s": step_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model_state_mb_per_rank": {k: v / 2**20 for k, v in fsdp.model_state_bytes(model, optimizer).items()},
         "world_size": info.world_size,
+        "strategy": cfg.strategy,
     }
     if info.device.type == "cuda":
         summary["peak_cuda_mb"] = torch.cuda.max_memory_allocated(info.device) / 2**20
@@ -318,11 +355,20 @@ def _dry_run(model, data, cfg: TrainConfig, optimizer, info: DistInfo, autocast,
         print(f"  loss {summary['loss']:.4g}; batch {t_batch:.2f} s, step {step_s:.2f} s; peak RSS "
               f"{summary['peak_rss_mb']:.0f} MB" + (f", peak CUDA {summary['peak_cuda_mb']:.0f} MB"
               if "peak_cuda_mb" in summary else ""))  # fmt: skip
+        ms = summary["model_state_mb_per_rank"]
+        print(
+            f"  model states per rank ({cfg.strategy}, {info.world_size} rank(s)): {ms['total']:.1f} MB "
+            f"(parameters {ms['params']:.1f}, gradients {ms['grads']:.1f}, optimiser {ms['optimizer']:.1f})"
+        )
     return {"step": 0, "train": {"loss": summary["loss"]}, "eval": {}, "dry_run": summary}
 
 
-def _run_eval(model, ema, evaluate, info) -> dict[str, float]:
-    if not info.is_main:
+def _run_eval(model, ema, evaluate, info, sharded_net=None) -> dict[str, float]:
+    """Evaluate on rank 0 (with the EMA weights when EMA is on). Under FSDP every rank evaluates on
+    whole parameters and rank 0 reports: FSDP records the order in which its units ran forward
+    and prefetches by it in the next backward, so forward calls on one rank alone would make that
+    rank's collectives diverge from the others' (a deadlock)."""
+    if not info.is_main and sharded_net is None:
         barrier()
         return {}
     backup = None
@@ -331,14 +377,15 @@ def _run_eval(model, ema, evaluate, info) -> dict[str, float]:
         model.load_state_dict({**backup, **ema})
     model.eval()
     try:
-        with torch.no_grad():
-            out = {k: float(v) for k, v in evaluate(model).items()}
+        with fsdp.unsharded(sharded_net) if sharded_net is not None else contextlib.nullcontext():
+            with torch.no_grad():
+                out = {k: float(v) for k, v in evaluate(model).items()}
     finally:
         if backup is not None:
             model.load_state_dict(backup)
         model.train()
     barrier()
-    return out
+    return out if info.is_main else {}
 
 
 def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
@@ -346,7 +393,8 @@ def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
 
     saved = ck.read_json(run_dir / ck.CONFIG)
     now = json.loads(json.dumps(full_config, default=str))
-    ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite", "dry_run"}
+    ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite", "dry_run",
+              "activation_checkpointing", "stop_at"}  # fmt: skip
     diffs = []
     for section in set(saved) | set(now):
         a, b = saved.get(section, {}), now.get(section, {})
