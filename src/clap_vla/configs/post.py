@@ -66,7 +66,7 @@ class PostTrainConfig:
 
 
 def _t(**kw) -> TrainConfig:
-    return TrainConfig(precision="bf16", log_every=50, **kw)
+    return TrainConfig(precision="auto", log_every=50, **kw)
 
 
 POST_TRAIN_PRESETS: dict[str, PostTrainConfig] = {

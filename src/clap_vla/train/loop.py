@@ -5,8 +5,8 @@ Contract:
   - `data.batch(step, rank, world_size) -> batch`: the batch of a step is a pure function of the
     step (and rank), so a resumed run sees exactly the batches the killed one would have.
   - Optional `model.after_step(step, info)` runs after each optimiser step (e.g. dead-code restart).
-  - Optional `evaluate(model) -> dict[str, float]` runs on rank 0 every `eval_every` steps and at
-    the end, with the EMA weights when EMA is on.
+  - Optional `evaluate(model) -> dict[str, float]` runs on rank 0 (on every rank under FSDP; it
+    must not write files) every `eval_every` steps and at the end, with the EMA weights when EMA is on.
 
 Under `torchrun` the model is wrapped in DistributedDataParallel (gloo on CPU, nccl on GPU), or
 sharded with FSDP2 (`strategy="fsdp"`, see train/fsdp.py); each rank draws its own slice of every
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from clap_vla.errors import ClapError, ConfigError
+from clap_vla.nn.precision import resolve as resolve_precision
 from clap_vla.train import checkpoint as ck
 from clap_vla.train import fsdp
 from clap_vla.train.distributed import DistInfo, all_reduce_mean, barrier, setup
@@ -54,8 +55,9 @@ class TrainConfig:
     """(name substring, factor): e.g. (("codebook", 50.0),) for the Act-VAE's codebook."""
     ema_decay: float = 0.0
     """EMA of the weights (0 = off); the artifact then holds the EMA weights."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 autocast for the forward pass (quantisation and losses stay fp32)."""
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """bf16 autocast for the forward pass (quantisation and losses stay fp32); auto = bf16 where the
+    device multiplies bf16 natively (CUDA, CPUs with AVX512-BF16 / AMX), fp32 elsewhere."""
     log_every: int = 50
     eval_every: int = 1000
     checkpoint_every: int = 1000
@@ -151,9 +153,8 @@ def fit(
             fsdp.shard(net, blocks, info.device)  # before the optimiser: it swaps in sharded parameters
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.lr_multipliers)
     full_config = {"train": asdict(cfg), **(stage_config or {})}
-    autocast = (
-        torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-    )
+    bf16 = resolve_precision(cfg.precision, info.device) == "bf16"
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     if cfg.dry_run:
         return _dry_run(model, net, data, cfg, optimizer, info, autocast, run_dir)
 
@@ -214,7 +215,7 @@ def fit(
     counts: dict[str, torch.Tensor] = {}
     count, t0 = 0, time.perf_counter()
     model.train()
-    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
+    end = max(start, min(cfg.steps, cfg.stop_at)) if cfg.stop_at > 0 else cfg.steps
     for step in range(start, end):
         batch = to_device(data.batch(step, info.rank, info.world_size), info.device)
         lr = set_lr(optimizer, cfg.lr, lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))

@@ -1,8 +1,8 @@
-"""Issue 9, scale-out of the VLM stages: FSDP2 (`--train.strategy fsdp`) on two gloo ranks trains the
-same weights as one process; its sharded (DCP) checkpoints resume on another number of ranks and
-continue the same schedule; post-training runs under torchrun and equals one process (each
-sample's flow noise is seeded by its slot in the global batch); activation checkpointing changes
-no value or gradient; the small stages refuse FSDP with a clear message."""
+"""Issue 9, scale-out: FSDP2 (`--train.strategy fsdp`) on two gloo ranks trains the same weights as
+one process; sharded (DCP) checkpoints resume on another number of ranks and continue the same
+schedule, and so do DDP checkpoints; post-training runs under torchrun and equals one process
+(each sample's flow noise is seeded by its slot in the global batch); activation checkpointing
+changes no value or gradient; the small stages refuse FSDP with a clear message."""
 
 from __future__ import annotations
 
@@ -65,6 +65,19 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(setup, tmp_path, monkeypa
     # Per-step losses: steps 1-2 logged by the first process, 3-4 by the two ranks after resuming.
     assert len(train_losses(straight)) == 4
     assert train_losses(one_two) == pytest.approx(train_losses(straight), rel=1e-5)
+
+
+def test_ddp_resumes_under_torchrun(setup, tmp_path, monkeypatch):
+    """A DDP checkpoint (whole tensors) written by one process resumes under torchrun on two ranks
+    and ends where one process running 4 steps straight ends."""
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(_ntp(setup, straight, 4, "--train.log-every", "1")) == 0
+    assert main(_ntp(setup, resumed, 4, "--train.stop-at", "2", "--train.log-every", "1")) == 0
+    assert json.loads((resumed / ck.CHECKPOINT / ck.STATE).read_text())["step"] == 2
+    torchrun([*_ntp(setup, resumed, 4, "--train.log-every", "1"), "--resume"], setup / "cache")
+    assert_same_weights(straight, resumed)
+    assert train_losses(resumed) == pytest.approx(train_losses(straight), rel=1e-5)
 
 
 def test_fsdp_refuses_a_ddp_checkpoint(setup, tmp_path, monkeypatch, capsys):
