@@ -344,3 +344,32 @@ def test_loading_errors_name_the_path_and_what_is_missing(model_dir, tmp_path):
         build(partial)
     with pytest.raises(ConfigError, match="needs the saved tokenizer"):
         build_vlm(VLMConfig(name=f"qwen3-vl:{model_dir}", num_action_tokens=K), hf_config={})
+
+
+def test_scale_out_units_are_the_text_layers_and_vision_blocks(model_dir):
+    """FSDP / activation-checkpointing units of Qwen3-VL (`hf_blocks`): its text decoder layers and
+    vision blocks; checkpointing them recomputes activations without changing loss or gradients."""
+    import copy
+
+    from clap_vla.train.fsdp import apply_activation_checkpointing, hf_blocks
+
+    vlm = build(model_dir)
+    blocks = hf_blocks(vlm)
+    names = sorted(type(b).__name__ for b in blocks)
+    assert names == ["Qwen3VLTextDecoderLayer"] * 2 + ["Qwen3VLVisionBlock"] * 2
+    ckpt = copy.deepcopy(vlm)
+    apply_activation_checkpointing(hf_blocks(ckpt))
+    vis = images(2)
+    ids = torch.randint(10, 1000, (2, 7))
+    mask = torch.ones(2, vlm.visual_tokens(vis) + 7, dtype=torch.long)
+    losses = []
+    for m in (vlm, ckpt):
+        out = m(vis, ids, mask)
+        loss = m.logits(out.hidden[:, out.text_start :]).logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    grads = dict(ckpt.named_parameters())
+    for name, p in vlm.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -58,13 +58,25 @@ def hf_blocks(root: nn.Module) -> list[nn.Module]:
     return [m for m in root.modules() if type(m).__name__ in names]
 
 
+def checkpoint_units(blocks: list[nn.Module]) -> list[nn.Module]:
+    """What activation checkpointing recomputes: whole blocks, except language-model decoder layers
+    (attention with a `layer_idx`), whose attention appends to the KV cache that the RF head reads
+    (`kv` context) and decoding continues from; recomputing it in backward would append the keys a
+    second time. Their MLPs, the bulk of a decoder layer's activations, are recomputed instead."""
+    out = []
+    for b in blocks:
+        attn, mlp = getattr(b, "self_attn", None), getattr(b, "mlp", None)
+        out.append(mlp if mlp is not None and getattr(attn, "layer_idx", None) is not None else b)
+    return out
+
+
 def apply_activation_checkpointing(blocks: list[nn.Module]) -> None:
-    """Recompute each block's activations in backward instead of keeping them (non-reentrant
-    checkpointing; same values and gradients, less memory)."""
+    """Recompute activations in backward instead of keeping them (non-reentrant checkpointing of
+    `checkpoint_units(blocks)`; same values and gradients, less memory)."""
     from torch.distributed._composable import checkpoint
 
-    for b in blocks:
-        checkpoint(b)
+    for unit in checkpoint_units(blocks):
+        checkpoint(unit)
 
 
 def shard(net: nn.Module, blocks: list[nn.Module], device: torch.device) -> None:
@@ -204,6 +216,7 @@ def load(ckpt: Path, net: nn.Module, optimizer: torch.optim.Optimizer, ema: dict
 
 __all__ = [
     "apply_activation_checkpointing",
+    "checkpoint_units",
     "full_state_dict",
     "hf_blocks",
     "load",

@@ -73,7 +73,8 @@ class TrainConfig:
     """Stop once this step is done and checkpointed, keeping the schedule of `steps`; continue later
     with --resume (a job on a preemptible or time-limited cluster slot). 0 = run to `steps`."""
     activation_checkpointing: bool = False
-    """Recompute each transformer block's activations in backward (less memory, ~1/3 more compute)."""
+    """Recompute activations in backward (less memory, more compute): whole DiT and vision blocks,
+    and the MLPs of language-model layers (their attention writes the KV cache)."""
     dry_run: bool = False
     """Build the model and the data, run ONE training step on one batch, print parameter counts,
     batch shapes, the loss, step time and peak memory, and write nothing into the run directory
