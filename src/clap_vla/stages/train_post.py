@@ -83,6 +83,7 @@ def run(cfg: PostTrainConfig) -> int:
     from clap_vla.stages.train_act_vae import save_norm_stats
     from clap_vla.stages.train_ntp import ACT_VAE_DIR, TOKENIZER_DIR, copy_act_vae, load_samples
     from clap_vla.train import checkpoint as ck
+    from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit
 
     if cfg.ntp is None:
@@ -113,15 +114,21 @@ def run(cfg: PostTrainConfig) -> int:
                           features=FeatureConfig(**pconf["features"]))  # fmt: skip
     pixels = bool(getattr(policy.vlm, "uses_pixels", False))
     encoder = None if pixels else build_frame_encoder(ncfg.features.frame_encoder, ncfg.features.precision)
-    train, held, norms = load_samples(ncfg, act_vae, act_meta, encoder, cfg.train.progress)
+    info = setup(cfg.train.device)
+    if info.enabled and not info.is_main:
+        barrier()  # rank 0 builds the frame/feature caches first
+    train, held, norms = load_samples(ncfg, act_vae, act_meta, encoder, info.is_main and cfg.train.progress)
+    if info.enabled and info.is_main:
+        barrier()
     torch.manual_seed(cfg.train.seed)
     model = ClapModel(mcfg, policy, act_vae.cfg.horizon, reference)
     text = TextTokens(policy.tokenizer, policy.act_offset)
-    print(
-        f"post (stage 2): RF head {count_parameters(model.head) / 1e6:.2f} M reading VLM layers {model.layers} "
-        f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}){', KI' if mcfg.ki else ''}; "
-        + ", ".join(f"{s.name} {len(s)} samples" for s in train)
-    )
+    if info.is_main:
+        print(
+            f"post (stage 2): RF head {count_parameters(model.head) / 1e6:.2f} M reading VLM layers {model.layers} "
+            f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}){', KI' if mcfg.ki else ''}; "
+            + ", ".join(f"{s.name} {len(s)} samples" for s in train)
+        )
 
     def evaluate(m) -> dict[str, float]:
         return rf_metrics(m, held[0], text, cfg.eval_samples)
