@@ -13,7 +13,13 @@ from tests.conftest import write_toy
 
 from clap_vla.data.augment import AugmentConfig, augment_frames
 from clap_vla.data.dataset import RobotDataset
-from clap_vla.data.feature_cache import FeatureCache, build_feature_cache, feature_cache_path, view_seeds
+from clap_vla.data.feature_cache import (
+    FeatureCache,
+    build_feature_cache,
+    feature_cache_path,
+    find_clean_cache,
+    view_seeds,
+)
 from clap_vla.data.frame_cache import attach_frame_caches
 from clap_vla.errors import ConfigError, DatasetError
 from clap_vla.nn.frame_encoders import EfficientNetLite0Encoder, PixelPatchEncoder
@@ -171,6 +177,25 @@ def test_second_build_reuses_the_cache(dataset, tmp_path):
     clone = pickle.loads(pickle.dumps(opened))
     assert len(pickle.dumps(opened)) < 10_000
     assert torch.equal(clone.get([3, 4]), cache.get([3, 4]))
+
+
+def test_clean_readers_reuse_any_cache_of_the_same_encoder(dataset, tmp_path):
+    """A clean-only reader (evaluation, labelling, NTP) finds the VD-VAE's augmented-view cache and
+    reads its view 0, which equals a clean-only build; other encoders and truncated files do not match."""
+    kw = dict(cache_dir=tmp_path / "f", frame_cache_dir=tmp_path / "fr", batch_size=20, progress=False)
+    assert find_clean_cache(dataset, "main", CountingPixels(), cache_dir=tmp_path / "f") is None
+    two = build_feature_cache(dataset, "main", CountingPixels(), views=2, seed=3, **kw)
+    counter = CountingPixels()
+    found = find_clean_cache(dataset, "main", counter, cache_dir=tmp_path / "f")
+    assert found is not None and found.path == two.path and counter.calls == 0
+    clean = build_feature_cache(dataset, "main", CountingPixels(), views=1, cache_dir=tmp_path / "g",
+                                frame_cache_dir=tmp_path / "fr", batch_size=20, progress=False)  # fmt: skip
+    assert torch.equal(found.get(np.arange(45)), clean.get(np.arange(45)))
+    assert find_clean_cache(dataset, "main", PixelPatchEncoder(8), cache_dir=tmp_path / "f") is None
+    one = build_feature_cache(dataset, "main", CountingPixels(), views=1, **kw)
+    assert find_clean_cache(dataset, "main", CountingPixels(), cache_dir=tmp_path / "f").path == one.path
+    one.path.write_bytes(one.path.read_bytes()[:-2])  # truncated: skipped for the next complete one
+    assert find_clean_cache(dataset, "main", CountingPixels(), cache_dir=tmp_path / "f").path == two.path
 
 
 def test_writes_are_atomic(dataset, tmp_path):

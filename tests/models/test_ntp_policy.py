@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from clap_vla.data.ntp import TextTokens
+from clap_vla.errors import ConfigError
 from clap_vla.models.ntp_policy import (
     IGNORE,
     NTPConfig,
@@ -191,6 +192,33 @@ def test_overfits_one_batch_to_perfect_token_accuracy():
     for i in range(8):
         assert acts[i] == codes_to_ids(s.codes[i], m.act_offset)
         assert m.tokenizer.decode(txt[i]) == target_text(s.subtasks[s.subtask[i]])
+
+
+def test_visual_merge_concatenates_each_block_and_shortens_the_prefix():
+    """visual_merge=2 on a 4x4 grid: 4 visual tokens, each the row-major concatenation of one 2x2
+    block (checked against a naive loop); decoding with and without the cache still agree."""
+    cfg = NTPConfig(vlm=VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus", visual_merge=2),
+                    codes_per_arm=NQ, num_codes=K)  # fmt: skip
+    m = NTPModel(cfg, tokenizer=tokenizer(), seed=0).eval()
+    vis = torch.randn(3, 1, 16, C)
+    merged = m.vlm.merge_patches(vis)
+    assert merged.shape == (3, 1, 4, 4 * C) and m.vlm.visual_tokens(vis) == 4
+    for ty in range(2):
+        for tx in range(2):
+            want = torch.cat([vis[:, 0, (2 * ty + a) * 4 + 2 * tx + b] for a in range(2) for b in range(2)], -1)
+            torch.testing.assert_close(merged[:, 0, ty * 2 + tx], want, rtol=0, atol=0)
+    text = TextTokens(m.tokenizer, m.act_offset)
+    prompts = [text.prompt("sawyer", INSTR[i % 2]) for i in range(3)]
+    ids = torch.tensor([prompts[0]] * 3)
+    out = m.vlm(vis, ids, torch.ones(3, 4 + ids.shape[1], dtype=torch.long))
+    assert out.text_start == 4 and out.hidden.shape[1] == 4 + ids.shape[1]
+    t1, a1, _ = m.generate(vis, prompts, [NQ] * 3, use_cache=True)
+    t2, a2, _ = m.generate(vis, prompts, [NQ] * 3, use_cache=False)
+    assert t1 == t2 and a1 == a2
+    with pytest.raises(ValueError, match="square patch grid"):
+        m.vlm.merge_patches(torch.randn(1, 1, 9, C))
+    with pytest.raises(ConfigError, match="visual_merge"):
+        VLMConfig("tiny", visual_merge=0)
 
 
 def test_smollm2_pretrained_build_keeps_its_weights_and_adds_the_vocabulary():

@@ -223,6 +223,51 @@ def test_harness_replay_succeeds_and_noop_fails(env, tmp_path: Path):
     assert all(o["seed"] >= EVAL_SEED_BASE and o["steps"] == 60 for o in res["tasks"][TASK]["outcomes"])
 
 
+def test_harness_renders_only_the_observations_policies_read(env):
+    """Rows inside a replan window step without rendering; the policy still sees exactly the frame a
+    fully rendered episode shows it, and the outcome is unchanged."""
+    from clap_vla.sim.rollout import run_episode
+
+    seed = demo_seed(0, 0, False)
+    actions = _expert_episode(env, seed)[0]
+
+    class Reader(ReplayPolicy):
+        def __init__(self):
+            super().__init__(actions, replan_every=5)
+            self.seen = []
+
+        def infer(self, obs):
+            self.seen.append(obs["images"]["corner"].copy())
+            return super().infer(obs)
+
+    renders = 0
+    real_render = env.render
+
+    def counting_render():
+        nonlocal renders
+        renders += 1
+        return real_render()
+
+    env.render = counting_render
+    try:
+        blind = Reader()
+        out = run_episode(env, blind, seed, replan_every=5)
+        n_blind = renders
+        renders = 0
+        full = Reader()
+        out_full = run_episode(env, full, seed, replan_every=5, record=True)  # recording renders every step
+        n_full = renders
+    finally:
+        del env.render
+    assert out.success and (out.steps, out.success) == (out_full.steps, out_full.success)
+    assert n_full == out.steps + 1
+    assert n_blind == len(blind.seen) == -(-out.steps // 5)  # reset + the last row of each full window
+    assert len(blind.seen) == len(full.seen)
+    for a, b in zip(blind.seen, full.seen, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert env.step(actions[0], render=False).observation["images"] == {}
+
+
 def test_parallel_workers_give_the_same_results_as_one():
     # The expert within a 40-step budget: every seed has its own outcome (steps to success, or a
     # failure), so a worker running the wrong seed or task would change the results.

@@ -62,6 +62,12 @@ def test_observation_layout_and_upright_images(env):
     mirrored = f[SIZE - 1 - row - 1 : SIZE - row + 1, col - 1 : col + 2].reshape(-1, 3).mean(0)
     assert red[0] > red[1] + 30 and red[0] > red[2] + 30, red
     assert not (mirrored[0] > mirrored[1] + 30), mirrored
+    # A step without rendering (the rollout harness's rows inside a replan window) has no images but
+    # the same state as a rendered one; the next rendered step shows both cameras again.
+    hold = env.hold_action()
+    blind = env.step(hold, render=False).observation
+    assert blind[IMAGES] == {} and blind[STATE].shape == (14,)
+    assert set(env.step(hold).observation[IMAGES]) == {"agentview", "frontview"}
 
 
 def test_left_arm_is_on_the_robots_left(blind_env):

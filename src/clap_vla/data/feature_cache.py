@@ -176,6 +176,32 @@ class FeatureCache:
         return torch.from_numpy(self.array[v, rows].astype(np.float32))  # (N, P, C)
 
 
+def find_clean_cache(
+    ds: RobotDataset, camera: str, encoder: FrameEncoder, cache_dir: Path | None = None
+) -> FeatureCache | None:
+    """A complete cache of this dataset, camera and encoder, whatever its views, augmentation and
+    seed (the one with the fewest views), or None. View 0 holds the clean frames encoded exactly as a
+    clean-only cache encodes them, so the VD-VAE's training cache serves evaluation, labelling and
+    the NTP stages without running the backbone again."""
+    key = ds.camera_key(camera)
+    fp = ds.fingerprint()
+    found: list[tuple[int, Path]] = []
+    for meta_path in sorted(((cache_dir or default_feature_cache_dir()) / fp).glob(f"{key}-*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        same = (meta.get("format"), meta.get("fingerprint"), meta.get("camera"), meta.get("encoder"))
+        if same == (FORMAT_VERSION, fp, key, encoder.name) and int(meta.get("views", 0)) >= 1:
+            found.append((int(meta["views"]), meta_path))
+    for _, meta_path in sorted(found):
+        try:
+            return FeatureCache.open(meta_path)
+        except DatasetError:
+            continue  # a data file still being written or truncated: try the next
+    return None
+
+
 def build_feature_cache(
     ds: RobotDataset,
     camera: str,

@@ -58,6 +58,11 @@ class VLMConfig:
     text, see `corpus_tokenizer`; from-scratch builds only). Qwen3-VL always uses its own."""
     corpus_vocab: int = 1024
     """Vocabulary cap of the corpus tokenizer."""
+    visual_merge: int = 1
+    """r: each r x r block of neighbouring patches becomes one visual token whose features are the
+    block's r*r feature vectors concatenated (pixel shuffle, as SmolVLM does before its projector).
+    The LM reads r*r fewer visual tokens carrying the same numbers; the projector reads C*r*r
+    channels. Llama builds; the patch grid must be square with a side divisible by r."""
 
     def __post_init__(self) -> None:
         if self.name not in LLAMA_PRESETS and self.name != "smollm2-135m" and not self.name.startswith("qwen3-vl:"):
@@ -70,6 +75,12 @@ class VLMConfig:
             raise ConfigError(f"tokenizer=corpus is for the from-scratch builds {list(LLAMA_PRESETS)}, not {self.name}")
         if self.num_action_tokens < 2:
             raise ConfigError(f"num_action_tokens must be >= 2, got {self.num_action_tokens}")
+        if self.visual_merge < 1:
+            raise ConfigError(f"visual_merge must be >= 1, got {self.visual_merge}")
+        if self.visual_merge > 1 and self.name not in LLAMA_PRESETS and self.name != "smollm2-135m":
+            raise ConfigError(
+                f"visual_merge is for the Llama builds; {self.name} merges patches in its own vision tower"
+            )
 
 
 @dataclass
@@ -205,14 +216,15 @@ class LlamaVLM(nn.Module):
 
     uses_pixels = False
 
-    def __init__(self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int):
+    def __init__(self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int, merge: int = 1):
         super().__init__()
         self.lm = lm  # LlamaForCausalLM
         self.tokenizer = tokenizer
         self.act_offset = act_offset
         E = lm.config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(visual_dim, E), nn.GELU(), nn.Linear(E, E))
+        self.projector = nn.Sequential(nn.Linear(visual_dim * merge * merge, E), nn.GELU(), nn.Linear(E, E))
         self.visual_dim = visual_dim
+        self.merge = merge
 
     @property
     def hidden_size(self) -> int:
@@ -230,7 +242,22 @@ class LlamaVLM(nn.Module):
         return self.lm.config.to_dict()
 
     def visual_tokens(self, visual: torch.Tensor) -> int:
-        return int(visual.shape[1] * visual.shape[2])
+        return int(visual.shape[1] * visual.shape[2]) // (self.merge * self.merge)
+
+    def merge_patches(self, visual: torch.Tensor) -> torch.Tensor:
+        """(B, N, P, C) patch features on a row-major g x g grid -> (B, N, P/r^2, C*r^2): each r x r
+        block concatenated in row-major order (see VLMConfig.visual_merge)."""
+        r = self.merge
+        if r == 1:
+            return visual
+        B, N, P, C = visual.shape
+        g = round(P**0.5)
+        if g * g != P or g % r:
+            raise ValueError(
+                f"visual_merge={r} needs a square patch grid with a side divisible by {r}; got {P} patches"
+            )
+        x = visual.reshape(B, N, g // r, r, g // r, r, C).permute(0, 1, 2, 4, 3, 5, 6)  # (B,N,gy,gx,ry,rx,C)
+        return x.reshape(B, N, P // (r * r), r * r * C)
 
     def forward(
         self,
@@ -251,7 +278,9 @@ class LlamaVLM(nn.Module):
             B, N, P, C = visual.shape
             if self.visual_dim != C:
                 raise ValueError(f"visual features have {C} channels; the projector expects {self.visual_dim}")
-            vis = self.projector(visual.reshape(B, N * P, C).to(emb.dtype))  # (B, N*P, E)
+            visual = self.merge_patches(visual)  # (B, N, P', C') with P' = P / r^2, C' = C r^2
+            P, C = visual.shape[2:]
+            vis = self.projector(visual.reshape(B, N * P, C).to(emb.dtype))  # (B, N*P', E)
             emb = torch.cat([vis, emb], 1)
             text_start = N * P
         T = emb.shape[1]
@@ -337,7 +366,7 @@ def build_vlm(cfg: VLMConfig, hf_config: dict | None = None, tokenizer=None, see
             f"{offset + cfg.num_action_tokens} the action vocabulary needs"
         )
     torch.manual_seed(seed + 1)
-    return LlamaVLM(lm, tok, offset, cfg.visual_dim)
+    return LlamaVLM(lm, tok, offset, cfg.visual_dim, cfg.visual_merge)
 
 
 def param_count(m: nn.Module) -> int:

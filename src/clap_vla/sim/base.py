@@ -66,10 +66,23 @@ class SimEnv(Protocol):
 
     def close(self) -> None: ...
 
-    # Optional: `hold_action() -> (n*7,)`, the row that keeps the robot still (the `noop` policy uses
+    # Optional: `step(row, render=False)`: the env may skip rendering this step's images (the
+    # observation's "images" is then empty); the rollout harness passes it for the rows whose
+    # observation no one reads (all but the last of each replan window, when not recording video).
+    # `hold_action() -> (n*7,)`, the row that keeps the robot still (the `noop` policy uses
     # it); `random_action(rng) -> (n*7,)`, a random row in the env's action mode (the `random` policy
     # uses it when present); `to_native(row)` / `from_native(command)`, the conversion to the
     # simulator's command; `trial: int`, an env-specific episode index the results report (LIBERO).
+
+
+def steps_without_render(env: SimEnv) -> bool:
+    """Whether `env.step` takes the optional `render` keyword (see SimEnv)."""
+    import inspect
+
+    try:
+        return "render" in inspect.signature(env.step).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class EnvModule(Protocol):

@@ -185,7 +185,9 @@ class MetaWorldEnv:
         self._upright = [self._points_up(i) for i in self._cam_ids]
         return self.observation()
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        """Apply one action row; `render=False` leaves the observation's images empty (a render is
+        about as costly as a physics step, and the harness reads one observation per replan)."""
         if self._steps >= self.max_steps:
             raise RuntimeError(f"{self.task}: step() after the {self.max_steps}-step budget; call reset()")
         native = self.to_native(action)
@@ -193,7 +195,7 @@ class MetaWorldEnv:
         self._obs_vec = obs
         self._steps += 1
         return StepResult(
-            observation=self.observation(),
+            observation=self.observation(render),
             success=bool(info["success"]),
             done=self._steps >= self.max_steps,
             info={"native_action": native},
@@ -239,9 +241,9 @@ class MetaWorldEnv:
             images[cam] = np.ascontiguousarray(img if upright else img[::-1, ::-1])
         return images
 
-    def observation(self) -> Observation:
+    def observation(self, render: bool = True) -> Observation:
         return {
-            IMAGES: self.render(),
+            IMAGES: self.render() if render else {},
             STATE: self.state(),
             INSTRUCTION: self.instruction,
             ROBOT_TYPE: self.robot_type,

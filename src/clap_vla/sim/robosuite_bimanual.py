@@ -274,7 +274,8 @@ class RobosuiteBimanualEnv:
         self._seeded = True
         return self.observation()
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray, render: bool = True) -> StepResult:
+        """Apply one action row; `render=False` leaves the observation's images empty (see SimEnv)."""
         if not self._seeded:
             raise RuntimeError(f"{self.task}: call reset(seed) before step()")
         if self._steps >= self.max_steps:
@@ -286,7 +287,7 @@ class RobosuiteBimanualEnv:
         self._mj.mj_forward(self.model, self.data)
         self._steps += 1
         return StepResult(
-            observation=self.observation(),
+            observation=self.observation(render),
             success=self.success(),
             done=self._steps >= self.max_steps,
             info={"native_action": native},
@@ -366,8 +367,13 @@ class RobosuiteBimanualEnv:
             images[cam] = self._renderer.render().copy()  # mujoco.Renderer: row 0 is the image top
         return images
 
-    def observation(self) -> Observation:
-        return {IMAGES: self.render(), STATE: self.state(), INSTRUCTION: self.instruction, ROBOT_TYPE: self.robot_type}
+    def observation(self, render: bool = True) -> Observation:
+        return {
+            IMAGES: self.render() if render else {},
+            STATE: self.state(),
+            INSTRUCTION: self.instruction,
+            ROBOT_TYPE: self.robot_type,
+        }
 
     # -- privileged scene facts (for the expert and tests) -------------------------------------------
     def handle_frames(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from clap_vla.configs.sim import EVAL_SEED_BASE, SEED_STRIDE, RolloutConfig
 from clap_vla.errors import ClapError, ConfigError
-from clap_vla.sim.base import IMAGES, SimEnv
+from clap_vla.sim.base import IMAGES, SimEnv, steps_without_render
 from clap_vla.sim.policies import PolicySpec, episode_policy, is_policy_object, load_factory
 
 
@@ -63,6 +63,7 @@ def run_episode(env: SimEnv, policy: PolicySpec, seed: int, replan_every: int, r
     if record and camera is not None:
         frames.append(obs[IMAGES][camera])
     steps = 0
+    blind = steps_without_render(env)
     while True:
         chunk = np.asarray(policy.infer(obs), dtype=np.float32)
         if chunk.ndim == 1:
@@ -74,8 +75,10 @@ def run_episode(env: SimEnv, policy: PolicySpec, seed: int, replan_every: int, r
             )
         if not np.isfinite(chunk).all():
             raise ClapError("the policy returned non-finite actions")
-        for row in chunk[:replan_every]:
-            result = env.step(row)
+        rows = chunk[:replan_every]
+        for i, row in enumerate(rows):
+            # Only the window's last observation is read (by the next infer), unless recording.
+            result = env.step(row, render=False) if blind and not record and i < len(rows) - 1 else env.step(row)
             steps += 1
             obs = result.observation
             if record and camera is not None:

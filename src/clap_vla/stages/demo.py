@@ -115,7 +115,7 @@ def steps(cfg: DemoConfig) -> list[Step]:
         Step("CLAP-NTP (robot tokens + pseudo-labelled video)",
              ["train", "ntp", "--config", cfg.ntp, "--act-vae", str(act), "--robot-data", str(robot),
               "--video-tokens", str(tokens), "--out", str(ntp), *_train_flags("train", cfg.ntp_steps, 20, cfg),
-              *bs, *hold, "--resume"],
+              "--model.vlm.visual-merge", str(cfg.visual_merge), *bs, *hold, "--resume"],
              ntp, _trained(ntp, cfg.ntp_steps)),
         Step("CLAP-RF post-training (NTP adaptation, then RF head + Knowledge Matching)",
              ["train", "post", "--config", cfg.post, "--ntp", str(ntp), "--robot-data", str(robot),

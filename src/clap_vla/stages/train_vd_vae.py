@@ -10,11 +10,12 @@ from clap_vla.configs.vd_vae import FeatureConfig, VDVAETrainConfig
 
 def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = True, clean_only: bool = False):
     """The frozen features of one dataset: a feature cache (built once, then reused) or online.
-    `clean_only` (evaluation, labelling): reuse the training cache when it exists (its view 0 is
-    the clean frames), else build a clean-only one."""
+    `clean_only` (evaluation, labelling, NTP): reuse any cache of this dataset and encoder when one
+    exists (its view 0 is the clean frames; e.g. the VD-VAE's training cache), else build a
+    clean-only one."""
     from clap_vla.data.augment import AugmentConfig
     from clap_vla.data.dataset import RobotDataset
-    from clap_vla.data.feature_cache import FeatureCache, build_feature_cache, feature_cache_path
+    from clap_vla.data.feature_cache import build_feature_cache, find_clean_cache
     from clap_vla.data.transitions import CachedFeatures, OnlineFeatures
 
     ds = RobotDataset(ds_path)
@@ -22,9 +23,9 @@ def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = Tru
     augment = AugmentConfig() if fcfg.augment_views else None
     views = 1 + fcfg.augment_views
     if clean_only:
-        trained_on = feature_cache_path(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed)
-        if trained_on.exists() and trained_on.with_suffix(".json").exists():
-            return CachedFeatures(FeatureCache.open(trained_on), clean_only=True)
+        found = find_clean_cache(ds, camera, encoder)
+        if found is not None:
+            return CachedFeatures(found, clean_only=True)
         augment, views = None, 1
     if not fcfg.cache:
         return OnlineFeatures(ds, camera, encoder, augment, seed=fcfg.seed, progress=progress)
