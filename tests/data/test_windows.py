@@ -65,6 +65,45 @@ def test_normalised_windows_match_reference(toy):
         WindowDataset(root, WindowConfig(horizon=16), norm)
 
 
+@pytest.mark.parametrize("arms", [("right",), ("left", "right")])
+def test_batched_chunks_equal_the_window_by_window_reads(tmp_path, arms):
+    from clap_vla.data.normalize import compute_norm_stats
+
+    root = tmp_path / "ds"
+    write_toy(root, n=4, length=15, size=16, arms=arms, data_file_size_in_mb=1e-6)  # episodes over many files
+    ds = RobotDataset(root)
+    cfg = WindowConfig(horizon=8, cameras=(), stride=2)
+    raw = WindowDataset(ds, cfg)
+    which = np.array([7, 0, 3, len(raw) - 1, 3])  # unsorted, repeated, across episodes and the last end
+    a, v, s = raw.raw_chunks(which)
+    assert a.shape == (5, 8, 2, 7) and v.shape == (5, 8) and s.shape == (5, 2, 7)
+    for j, i in enumerate(which):
+        ra, rv, rs, _ = raw.chunk(*(int(x) for x in raw.index[i]))
+        np.testing.assert_array_equal(a[j], ra)
+        np.testing.assert_array_equal(v[j], rv)
+        np.testing.assert_array_equal(s[j], rs)
+    assert not v[3].all()  # the last window runs past its episode's end
+    # Normalised: every window equals __getitem__'s actions.
+    stats = fit_norm_stats(ds, cfg)
+    wd = WindowDataset(ds, cfg, ActionNormalizer(stats))
+    acts, valid = wd.action_chunks()
+    for i in range(len(wd)):
+        w = wd[i]
+        np.testing.assert_allclose(acts[i], w.actions.numpy(), atol=1e-6)
+        np.testing.assert_array_equal(valid[i], w.action_valid.numpy())
+    # The stats equal those of the per-window relative chunks.
+    per = [raw.chunk(*(int(x) for x in raw.index[i])) for i in range(len(raw))]
+    ref = compute_norm_stats(
+        np.stack([chunk_to_relative(c[0], c[2]) for c in per]),
+        np.stack([c[1] for c in per]),
+        raw.layout,
+        relative=True,
+        horizon=8,
+    )
+    for key in ("q01", "q99", "gripper_low", "gripper_high"):
+        np.testing.assert_allclose(stats.array(key), ref.array(key), atol=1e-6)
+
+
 def test_dataloader_workers_match_single_process(toy):
     root, _ = toy
     wd = WindowDataset(root, WindowConfig(horizon=8))

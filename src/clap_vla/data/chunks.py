@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clap_vla.data.dataset import RobotDataset
@@ -47,8 +48,6 @@ def load_chunks(
 ) -> tuple[ChunkTensors, ChunkTensors, list[NormStats]]:
     """(train, held-out, per-dataset stats). Stats are fitted here unless given (e.g. from an
     artifact, for evaluation)."""
-    from tqdm import tqdm
-
     if holdout_every < 2:
         raise ConfigError(f"holdout_every must be >= 2, got {holdout_every}")
     parts: dict[bool, list[tuple]] = {False: [], True: []}
@@ -63,18 +62,18 @@ def load_chunks(
             raise ConfigError(f"{ds.root}: norm stats are for horizon {st.horizon}, the model uses {horizon}")
         fitted.append(st)
         wd = WindowDataset(ds, wcfg, ActionNormalizer(st))
-        rows = {False: [], True: []}
-        for i in tqdm(range(len(wd)), desc=f"chunks {ds.root.name}", unit="win", disable=not progress, leave=False):
-            w = wd[i]
-            rows[w.episode_index % holdout_every == holdout_every - 1].append(w)
-        for held, ws in rows.items():
-            if ws:
+        actions, valid = wd.action_chunks(progress=progress)
+        is_held = wd.index[:, 0] % holdout_every == holdout_every - 1
+        mask = torch.from_numpy(wd.layout.arm_mask)
+        for held in (False, True):
+            sel = np.flatnonzero(is_held == held)
+            if len(sel):
                 parts[held].append(
                     (
-                        torch.stack([w.actions for w in ws]),
-                        torch.stack([w.action_valid for w in ws]),
-                        torch.stack([w.arm_mask for w in ws]),
-                        torch.full((len(ws),), k, dtype=torch.long),
+                        torch.from_numpy(actions[sel]),
+                        torch.from_numpy(valid[sel]),
+                        mask.expand(len(sel), -1).clone(),
+                        torch.full((len(sel),), k, dtype=torch.long),
                     )
                 )
     out = []

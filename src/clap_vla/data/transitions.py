@@ -120,7 +120,6 @@ def load_transitions(
     """(train, held-out) transitions of one dataset. With a normalizer the dataset must have actions
     (robot data); without, it is read as action-free video whose embodiment has `video_arms`.
     `holdout_every=None`: no split, every transition in the first set (labelling)."""
-    from tqdm import tqdm
 
     if holdout_every is not None and holdout_every < 2:
         raise ConfigError(f"holdout_every must be >= 2, got {holdout_every}")
@@ -136,11 +135,7 @@ def load_transitions(
     if normalizer is not None:
         if not ds.has_action:
             raise DatasetError(f"{ds.root}: no actions; pass it as video data, not robot data")
-        acts = np.zeros((len(wd), horizon, NUM_ARMS, ARM_DIM), np.float32)
-        vals = np.zeros((len(wd), horizon), bool)
-        for i in tqdm(range(len(wd)), desc=f"chunks {ds.root.name}", unit="win", disable=not progress, leave=False):
-            w = wd[i]
-            acts[i], vals[i] = w.actions.numpy(), w.action_valid.numpy()
+        acts, vals = wd.action_chunks(progress=progress)
         actions, valid = torch.from_numpy(acts), torch.from_numpy(vals)
         arm_mask = torch.from_numpy(wd.layout.arm_mask)
     else:

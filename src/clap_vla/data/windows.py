@@ -22,7 +22,7 @@ from clap_vla.data.action_space import ArmLayout
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.normalize import ActionNormalizer, NormStats, compute_norm_stats
 from clap_vla.errors import ConfigError, DatasetError
-from clap_vla.types import DEFAULT_HORIZON, Window
+from clap_vla.types import ARM_DIM, DEFAULT_HORIZON, NUM_ARMS, Window
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,51 @@ class WindowDataset(Dataset):
                 state = self.layout.to_unified(cols[lf.STATE][t])
         return actions, valid, state, cols
 
+    def raw_chunks(
+        self, which: np.ndarray | None = None, progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The windows `which` (indices into `self.index`; default all) as arrays, in that order: raw
+        unified chunks (N, H, A, D), validity (N, H) and start states (N, A, D) (None without
+        `observation.state`). The same values as `chunk` per window, read once per episode."""
+        from tqdm import tqdm
+
+        if self.layout is None:
+            raise DatasetError(f"{self.ds.root}: action-free dataset; there are no action chunks")
+        which = np.arange(len(self)) if which is None else np.asarray(which, dtype=np.int64)
+        H, N = self.cfg.horizon, len(which)
+        ep, t = self.index[which, 0], self.index[which, 1]
+        order = np.argsort(ep, kind="stable")
+        bounds = np.flatnonzero(np.diff(ep[order])) + 1
+        has_state = lf.STATE in self._numeric
+        keys = [lf.ACTION, lf.STATE] if has_state else [lf.ACTION]
+        valid = np.zeros((N, H), dtype=bool)
+        actions = state = None  # allocated in the dataset's dtype at the first episode
+        groups = np.split(order, bounds) if N else []
+        for sel in tqdm(groups, desc=f"chunks {self.ds.root.name}", unit="ep", disable=not progress, leave=False):
+            cols = self.ds.episode_columns(int(ep[sel[0]]), keys)
+            T = len(cols[lf.ACTION])
+            steps = t[sel, None] + np.arange(H)  # (n, H); past the end: the last action, masked
+            valid[sel] = steps < T
+            a = self.layout.to_unified(cols[lf.ACTION][np.minimum(steps, T - 1)])
+            if actions is None:
+                actions = np.zeros((N, H, NUM_ARMS, ARM_DIM), dtype=a.dtype)
+                state = np.zeros((N, NUM_ARMS, ARM_DIM), dtype=a.dtype) if has_state else None
+            actions[sel] = a
+            if state is not None:
+                state[sel] = self.layout.to_unified(cols[lf.STATE][t[sel]])
+        if actions is None:
+            actions = np.zeros((0, H, NUM_ARMS, ARM_DIM), dtype=np.float32)
+            state = np.zeros((0, NUM_ARMS, ARM_DIM), dtype=np.float32) if has_state else None
+        return actions, valid, state
+
+    def action_chunks(self, which: np.ndarray | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """`raw_chunks`, normalised with this dataset's normalizer when it has one: float32 chunks
+        (N, H, A, D), exactly the `actions` of `self[i]` for i in `which`, and validity (N, H)."""
+        actions, valid, state = self.raw_chunks(which, progress)
+        if self.normalizer is not None:
+            actions = self.normalizer.normalize(actions, state)
+        return np.asarray(actions, dtype=np.float32), valid
+
     def __getitem__(self, i: int) -> Window:
         ep, t = (int(v) for v in self.index[i])
         actions, valid, state, cols = self.chunk(ep, t)
@@ -163,10 +208,7 @@ def fit_norm_stats(
         raise DatasetError(f"{ds.root}: relative actions need {lf.STATE!r}, which this dataset lacks")
     rng = np.random.default_rng(seed)
     pick = np.arange(len(wd)) if len(wd) <= max_windows else np.sort(rng.choice(len(wd), max_windows, replace=False))
-    chunks, valids = [], []
-    for i in pick:
-        ep, t = (int(v) for v in wd.index[i])
-        a, valid, s, _ = wd.chunk(ep, t)
-        chunks.append(chunk_to_relative(a, s) if relative else a)
-        valids.append(valid)
-    return compute_norm_stats(np.stack(chunks), np.stack(valids), wd.layout, relative=relative, horizon=cfg.horizon)
+    chunks, valid, state = wd.raw_chunks(pick)
+    if relative:
+        chunks = chunk_to_relative(chunks, state)
+    return compute_norm_stats(chunks, valid, wd.layout, relative=relative, horizon=cfg.horizon)
