@@ -37,7 +37,7 @@ bench: setup
 	$(PY) benchmarks/bench_bimanual.py --out benchmarks/results/bimanual.json
 	$(PY) benchmarks/bench_scaling.py --out benchmarks/results/scaling.json
 	$(PY) benchmarks/bench_precision.py --out benchmarks/results/precision.json
-	$(PY) benchmarks/bench_latency.py --out benchmarks/results/latency.json
+	$(PY) benchmarks/bench_latency.py --precision fp32 --out benchmarks/results/latency.json
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments

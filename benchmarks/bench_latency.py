@@ -14,12 +14,15 @@ towards it depends on three things this script varies:
 - the head's depth: the `post_small` head reads the low+mid thirds of the VLM's layers, one DiT block
   per layer up to `max_depth` (16, the release's); `max_depth` 4 or 2 keeps that many, evenly spaced.
 
-Every row: batch 1, fp32, one 128 px frame, the paper's prompt, 6 subtask-text tokens + 16 action
+Every row: batch 1, one 128 px frame, the paper's prompt, 6 subtask-text tokens + 16 action
 tokens for NTP, 4 and 10 Euler steps for RF (4 is the default, as in the release). Encoding the
 frame (EfficientNet-lite0, measured once) is added to both columns. Untrained weights: latency does
 not depend on training (the decoded token count is fixed by the budget above and reported).
+`--precision` as in `clap eval latency`: fp32, or bf16 autocast around the encoder, the VLM and the
+head (`auto`: bf16 where the CPU multiplies it natively).
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_latency.py --out benchmarks/results/latency.json
+    OMP_NUM_THREADS=2 python benchmarks/bench_latency.py --precision fp32 --out benchmarks/results/latency.json
+    OMP_NUM_THREADS=2 python benchmarks/bench_latency.py --precision bf16 --out benchmarks/results/latency_bf16.json
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def build(name: str, merge: int):
     return NTPModel(NTPConfig(vlm=vlm, codes_per_arm=NQ, num_codes=K, max_subtask_tokens=6), tokenizer=tok).eval()
 
 
-def measure(ntp, merge: int, depth: int, reps: int, encode_ms: float) -> dict:
+def measure(ntp, merge: int, depth: int, reps: int, encode_ms: float, bf16: bool) -> dict:
     from clap_vla.configs.post import POST_TRAIN_PRESETS
     from clap_vla.data.ntp import TextTokens
     from clap_vla.models.clap_policy import ClapModel
@@ -83,7 +86,7 @@ def measure(ntp, merge: int, depth: int, reps: int, encode_ms: float) -> dict:
     vis = torch.randn(1, 1, P, C)
     ids = torch.tensor([prompt])
     mask = torch.ones(1, P // (merge * merge) + len(prompt), dtype=torch.long)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         prefix = timed(lambda: ntp.vlm(vis, ids, mask), reps)
         tokens = []
 
@@ -122,21 +125,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     from clap_vla.nn.frame_encoders import EfficientNetLite0Encoder
+    from clap_vla.nn.precision import native_bf16, resolve
 
-    enc = EfficientNetLite0Encoder()
+    precision = resolve(args.precision, "cpu")
+    enc = EfficientNetLite0Encoder(precision=precision)
     img = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8)
     encode_ms = timed(lambda: enc.encode(img), args.reps)[0]
     rows, models = [], {}
     for name, merge, depth in GRID:
         if (name, merge) not in models:
             models = {(name, merge): build(name, merge)}  # one backbone in memory at a time
-        row = measure(models[(name, merge)], merge, depth, args.reps, encode_ms)
+        row = measure(models[(name, merge)], merge, depth, args.reps, encode_ms, precision == "bf16")
         rows.append(row)
         print(
             f"{name:13s} {row['visual_tokens']:2d} visual tokens, head {row['head_blocks']:2d} blocks: "
@@ -149,9 +155,11 @@ def main() -> None:
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "threads": args.threads,
+            "native_bf16": native_bf16("cpu"),
             "torch": torch.__version__,
         },
         "reps": args.reps,
+        "precision": precision,
         "encode_ms": encode_ms,
         "paper_ratio_h100": 382.0 / 70.1,
         "rows": rows,

@@ -80,6 +80,8 @@ def test_post_dry_run_runs_both_stages_one_step_and_writes_nothing(ntp, tmp_path
 
 
 def test_post_artifact_is_a_policy_and_latency_reports_both(ntp, tmp_path, monkeypatch):
+    import warnings
+
     import numpy as np
 
     from clap_vla.configs.sim import RolloutConfig
@@ -99,6 +101,27 @@ def test_post_artifact_is_a_policy_and_latency_reports_both(ntp, tmp_path, monke
         chunk = pol.infer(obs)
         assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
         assert ("denoise_s" if mode == "rf" else "decode_s") in pol.last_timing
+    # Inference precision: the VLM and the head under bf16 autocast when asked (`auto`: where the
+    # device multiplies bf16 natively), the Act-VAE decoder in fp32 either way.
+    for prec in ("fp32", "bf16"):
+        for mode in ("rf", "ntp"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # bf16 warns on CPUs that emulate it
+                pol = ClapPolicy(out, mode=mode, precision=prec)
+            seen: dict[str, set] = {"vlm": set(), "head": set(), "act_vae": set()}
+            hooks = [
+                next(m for m in part.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(
+                    lambda _m, _i, o, k=k: seen[k].add(o.dtype)
+                )
+                for k, part in (("vlm", pol.model.vlm), ("head", pol.clap.head), ("act_vae", pol.act_vae.decoder))
+            ]
+            assert np.isfinite(pol.infer(obs)).all()
+            for h in hooks:
+                h.remove()
+            want = torch.bfloat16 if prec == "bf16" else torch.float32
+            assert seen["vlm"] == {want}
+            assert seen["head"] == ({want} if mode == "rf" else set())
+            assert seen["act_vae"] == (set() if mode == "rf" else {torch.float32})
     res = evaluate(RolloutConfig(env="metaworld", tasks="reach-v3", episodes=1, workers=1, max_steps=10, size=32),
                    policy=str(out))  # fmt: skip
     assert res["tasks"]["reach-v3"]["outcomes"][0]["steps"] == 10

@@ -114,8 +114,12 @@ class LatencyConfig:
     warmup: int = 3
     out: Path | None = None
     """JSON file (default: <policy>/eval/latency.json)."""
+    precision: str = "auto"
+    """VLM and head precision at inference: auto (bf16 where the device multiplies it natively), fp32, bf16."""
 
     def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.repeats < 1 or self.warmup < 0 or not self.steps or min(self.steps) < 1:
             raise ConfigError(f"need repeats >= 1, warmup >= 0 and steps >= 1, got {self.repeats}, {self.warmup}, "
                               f"{self.steps}")  # fmt: skip

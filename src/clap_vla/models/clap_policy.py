@@ -261,12 +261,12 @@ class ClapPolicy(NTPPolicy):
     backbone, and a check that Knowledge Matching kept the policy speaking tokens."""
 
     def __init__(self, artifact, device: str = "cpu", dataset: str | None = None, steps: int | None = None,
-                 mode: str = "rf", seed: int = 0):  # fmt: skip
+                 mode: str = "rf", seed: int = 0, precision: str = "auto"):  # fmt: skip
         if mode not in ("rf", "ntp"):
             raise ConfigError(f"mode must be rf or ntp, got {mode!r}")
         self.mode, self.steps = mode, steps
         self.generator = torch.Generator().manual_seed(seed)
-        super().__init__(artifact, device, dataset)
+        super().__init__(artifact, device, dataset, precision=precision)
 
     def _load(self, artifact, device) -> dict:
         self.clap, meta = load_clap(artifact, device)
@@ -277,7 +277,8 @@ class ClapPolicy(NTPPolicy):
         if self.mode == "ntp":
             return super()._chunk(visual, prompt, mask)
         arm = torch.from_numpy(np.asarray(mask))[None].to(self.device)
-        x = self.clap.sample_actions(visual, [prompt], arm, self.steps, generator=self.generator)
+        with self._autocast():
+            x = self.clap.sample_actions(visual, [prompt], arm, self.steps, generator=self.generator)
         self.last_timing.update(self.clap.last_timing)
         return x[0].float().cpu().numpy()
 

@@ -248,18 +248,29 @@ class NTPPolicy:
     -> Act-VAE decoder -> un-normalise with the robot's stats (relative to the current state).
 
     `dataset` picks the norm stats by dataset name when the artifact trained on several robots;
-    by default the stats of the first dataset whose robot_type matches the observation's."""
+    by default the stats of the first dataset whose robot_type matches the observation's.
+    `precision`: the VLM (and the RF head) run under bf16 autocast where the device multiplies bf16
+    natively (`auto`, as in training), else in fp32; the Act-VAE decoder always runs in fp32."""
 
-    def __init__(self, artifact, device: str = "cpu", dataset: str | None = None, use_cache: bool = True):
+    def __init__(
+        self,
+        artifact,
+        device: str = "cpu",
+        dataset: str | None = None,
+        use_cache: bool = True,
+        precision: str = "auto",
+    ):
         from pathlib import Path
 
         from clap_vla.data.normalize import ActionNormalizer, NormStats
         from clap_vla.data.ntp import TextTokens
         from clap_vla.models.act_vae import load_act_vae
         from clap_vla.nn.frame_encoders import build_frame_encoder
+        from clap_vla.nn.precision import resolve
 
         self.artifact = Path(artifact)
         self.device, self.use_cache = torch.device(device), use_cache
+        self.precision = resolve(precision, self.device)
         meta = self._load(self.artifact, device)  # sets self.model (the NTP model that owns the tokenizer)
         config = meta["config"]
         self.act_vae, _ = load_act_vae(self.artifact / "act_vae", device)
@@ -281,6 +292,10 @@ class NTPPolicy:
     def _load(self, artifact, device) -> dict:
         self.model, meta = load_ntp(artifact, device)
         return meta
+
+    def _autocast(self):
+        """bf16 autocast around the VLM's (and the head's) forwards when `precision` is bf16."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _normalizer(self, robot: str):
         from pathlib import Path
@@ -313,7 +328,8 @@ class NTPPolicy:
     def _chunk(self, visual: torch.Tensor, prompt: list[int], mask: np.ndarray) -> np.ndarray:
         """Greedy tokens -> Act-VAE decoder -> normalised chunk (H, A, D)."""
         nq = self.model.cfg.codes_per_arm
-        text, acts, _ = self.model.generate(visual, [prompt], [int(mask.sum()) * nq], use_cache=self.use_cache)
+        with self._autocast():
+            text, acts, _ = self.model.generate(visual, [prompt], [int(mask.sum()) * nq], use_cache=self.use_cache)
         self.last_timing.update(self.model.last_timing)
         t0 = time.perf_counter()
         self.last_subtask = self.model.tokenizer.decode(text[0])

@@ -69,12 +69,13 @@ def run(cfg: LatencyConfig) -> int:
     data = cfg.data or Path(entry["dataset"])
     obs = observation_from(data, entry.get("robot_type", "robot"))
     results: dict = {"policy": str(Path(cfg.policy).resolve()), "data": str(data), "threads": torch.get_num_threads()}
-    ntp = ClapPolicy(cfg.policy, mode="ntp")
+    ntp = ClapPolicy(cfg.policy, mode="ntp", precision=cfg.precision)
+    results["precision"] = ntp.precision
     results["ntp"] = time_policy(ntp, obs, cfg.repeats, cfg.warmup)
     arms = len(ntp._normalizer(obs["robot_type"]).stats.arms)
     results["ntp"]["tokens"] = len(ntp.model.tokenizer(ntp.last_subtask).input_ids) + arms * ntp.model.cfg.codes_per_arm
     for steps in cfg.steps:
-        rf = ClapPolicy(cfg.policy, mode="rf", steps=steps)
+        rf = ClapPolicy(cfg.policy, mode="rf", steps=steps, precision=cfg.precision)
         results[f"rf_{steps}"] = time_policy(rf, obs, cfg.repeats, cfg.warmup)
         results[f"ratio_ntp_over_rf_{steps}"] = results["ntp"]["p50_ms"] / results[f"rf_{steps}"]["p50_ms"]
     # Both columns pay for the frame features and the prefix, so even a head that cost nothing could
@@ -90,7 +91,7 @@ def run(cfg: LatencyConfig) -> int:
         print(f"{name:6s} p50 {r['p50_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms  ({extra} ms)")
     for s in cfg.steps:
         print(f"NTP / RF ({s} Euler steps): {results[f'ratio_ntp_over_rf_{s}']:.2f}x (paper, H100: 5.45x)")
-    print(f"ceiling with a free head, NTP / (encode + prefix): {results['ratio_ceiling']:.2f}x")
+    print(f"ceiling with a free head, NTP / (encode + prefix): {results['ratio_ceiling']:.2f}x ({ntp.precision})")
     out = cfg.out or Path(cfg.policy) / "eval" / "latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")
