@@ -38,6 +38,9 @@ bench: setup
 	$(PY) benchmarks/bench_scaling.py --out benchmarks/results/scaling.json
 	$(PY) benchmarks/bench_precision.py --out benchmarks/results/precision.json
 	$(PY) benchmarks/bench_latency.py --precision fp32 --out benchmarks/results/latency.json
+	@if $(PY) -c "import sys; from clap_vla.nn.precision import native_bf16; sys.exit(not native_bf16('cpu'))"; then \
+		$(PY) benchmarks/bench_latency.py --precision bf16 --out benchmarks/results/latency_bf16.json; \
+	else echo "bench_latency bf16: skipped, this CPU has no native bf16 (AVX512-BF16 or AMX)"; fi
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments

@@ -14,10 +14,11 @@ towards it depends on three things this script varies:
 - the head's depth: the `post_small` head reads the low+mid thirds of the VLM's layers, one DiT block
   per layer up to `max_depth` (16, the release's); `max_depth` 4 or 2 keeps that many, evenly spaced.
 
-Every row: batch 1, one 128 px frame, the paper's prompt, 6 subtask-text tokens + 16 action
-tokens for NTP, 4 and 10 Euler steps for RF (4 is the default, as in the release). Encoding the
-frame (EfficientNet-lite0, measured once) is added to both columns. Untrained weights: latency does
-not depend on training (the decoded token count is fixed by the budget above and reported).
+Every row: batch 1, 20 interleaved calls of each column, one 128 px frame, the paper's prompt,
+6 subtask-text tokens + 16 action tokens for NTP, 4 and 10 Euler steps for RF (4 is the default,
+as in the release). Encoding the frame (EfficientNet-lite0, measured once) is added to both
+columns. Untrained weights: latency does not depend on training (the decoded token count is fixed
+by the budget above and reported).
 `--precision` as in `clap eval latency`: fp32, or bf16 autocast around the encoder, the VLM and the
 head (`auto`: bf16 where the CPU multiplies it natively).
 
@@ -53,15 +54,19 @@ GRID = [
 ]
 
 
-def timed(fn, reps: int) -> tuple[float, float]:
-    """(p50, p95) milliseconds of `fn()` after one warm-up call."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def timed(fns: dict, reps: int) -> dict[str, tuple[float, float]]:
+    """(p50, p95) milliseconds of each `fn()`, after one warm-up call each. The calls are interleaved
+    (one of each per repetition), so a slow patch of this shared machine hits every column alike and
+    the ratios between them stay comparable."""
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ts), 1e3 * float(np.percentile(ts, 95))
+    ts: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: (1e3 * statistics.median(v), 1e3 * float(np.percentile(v, 95))) for k, v in ts.items()}
 
 
 def build(name: str, merge: int):
@@ -86,19 +91,26 @@ def measure(ntp, merge: int, depth: int, reps: int, encode_ms: float, bf16: bool
     vis = torch.randn(1, 1, P, C)
     ids = torch.tensor([prompt])
     mask = torch.ones(1, P // (merge * merge) + len(prompt), dtype=torch.long)
+    base = POST_TRAIN_PRESETS["post_small"].model
+    clap = ClapModel(replace(base, rf=replace(base.rf, max_depth=depth)), ntp, horizon=32).eval()
+    arm = torch.tensor([[False, True]])
+    tokens = []
+
+    def decode():
+        txt, acts, _ = ntp.generate(vis, [prompt], [NQ])
+        tokens.append(len(txt[0]) + len(acts[0]))
+
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        prefix = timed(lambda: ntp.vlm(vis, ids, mask), reps)
-        tokens = []
-
-        def decode():
-            txt, acts, _ = ntp.generate(vis, [prompt], [NQ])
-            tokens.append(len(txt[0]) + len(acts[0]))
-
-        dec = timed(decode, reps)
-        base = POST_TRAIN_PRESETS["post_small"].model
-        clap = ClapModel(replace(base, rf=replace(base.rf, max_depth=depth)), ntp, horizon=32).eval()
-        arm = torch.tensor([[False, True]])
-        rf = {s: timed(lambda s=s: clap.sample_actions(vis, [prompt], arm, s), reps) for s in (4, 10)}
+        t = timed(
+            {
+                "prefix": lambda: ntp.vlm(vis, ids, mask),
+                "ntp": decode,
+                **{f"rf_{s}": (lambda s=s: clap.sample_actions(vis, [prompt], arm, s)) for s in (4, 10)},
+            },
+            reps,
+        )
+    prefix, dec = t["prefix"], t["ntp"]
+    rf = {s: t[f"rf_{s}"] for s in (4, 10)}
     ntp_ms = dec[0] + encode_ms
     row = {
         "backbone": ntp.cfg.vlm.name,
@@ -123,7 +135,7 @@ def measure(ntp, merge: int, depth: int, reps: int, encode_ms: float, bf16: bool
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/latency.json"))
@@ -137,7 +149,7 @@ def main() -> None:
     precision = resolve(args.precision, "cpu")
     enc = EfficientNetLite0Encoder(precision=precision)
     img = torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8)
-    encode_ms = timed(lambda: enc.encode(img), args.reps)[0]
+    encode_ms = timed({"encode": lambda: enc.encode(img)}, args.reps)["encode"][0]
     rows, models = [], {}
     for name, merge, depth in GRID:
         if (name, merge) not in models:
