@@ -142,6 +142,23 @@ def test_knowledge_insulation_detaches_the_context():
     assert k is None or k.abs().sum() == 0  # the VLM is insulated from the flow loss
 
 
+def test_ki_without_token_loss_freezes_the_vlm():
+    m, b, _ = models("kv", km_weight=0.0, ki=True, token_weight=0.0)
+    before = {k: v.clone() for k, v in m.policy.state_dict().items()}
+    assert all(not p.requires_grad for p in m.policy.parameters())
+    opt = build_optimizer(m, 1e-2, 0.1)  # weight decay would move any parameter it holds
+    for _ in range(3):
+        opt.zero_grad()
+        loss, metrics = m.compute_loss(b)
+        loss.backward()
+        opt.step()
+    assert "ce_action" not in metrics and "action_acc" in metrics
+    assert m.head.blocks[0].cross.q.weight.grad.abs().sum() > 0
+    for k, v in m.policy.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in m.head.parameters())
+
+
 def test_flow_loss_alone_without_km_fine_tunes_the_vlm():
     m, b, _ = models("hidden", km_weight=0.0)
     opt = build_optimizer(m, 1e-3, 0.0)

@@ -111,7 +111,7 @@ def test_post_artifact_is_a_policy_and_latency_reports_both(ntp, tmp_path, monke
             seen: dict[str, set] = {"vlm": set(), "head": set(), "act_vae": set()}
             hooks = [
                 next(m for m in part.modules() if isinstance(m, torch.nn.Linear)).register_forward_hook(
-                    lambda _m, _i, o, k=k: seen[k].add(o.dtype)
+                    lambda _m, _i, o, k=k, seen=seen: seen[k].add(o.dtype)
                 )
                 for k, part in (("vlm", pol.model.vlm), ("head", pol.clap.head), ("act_vae", pol.act_vae.decoder))
             ]

@@ -17,6 +17,7 @@ the KV cache, then N Euler steps of the head alone.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ class ClapConfig:
     ki: bool = False
     """Knowledge insulation: the head's context is detached; the VLM trains on the action-token CE."""
     token_weight: float = 1.0
-    """Weight of the action-token CE when ki is on."""
+    """Weight of the action-token CE when ki is on. 0 with ki freezes the VLM: no loss reaches it,
+    so it runs without autograd and stays out of the optimizer (the head learns on fixed features)."""
 
     def __post_init__(self) -> None:
         if self.km_weight < 0 or self.token_weight < 0:
@@ -60,6 +62,11 @@ class ClapConfig:
             raise ConfigError(f"kl_direction must be one of {KL_DIRECTIONS}, got {self.kl_direction!r}")
         if self.ki and self.km_weight > 0:
             raise ConfigError("ki and km are alternatives (Table VI): set km_weight 0 with ki")
+
+    @property
+    def vlm_frozen(self) -> bool:
+        """Knowledge insulation without the token loss: nothing trains the VLM."""
+        return self.ki and self.token_weight == 0
 
 
 def vlm_dims(vlm) -> dict:
@@ -87,6 +94,9 @@ class ClapModel(nn.Module):
         self.cfg, self.policy, self.horizon = cfg, policy, horizon
         self.layers = select_layers(cfg.rf, policy.vlm.num_layers)
         self.head = RFHead(cfg.rf, horizon, NUM_ARMS * ARM_DIM, self.layers, vlm_dims(policy.vlm))
+        if cfg.vlm_frozen:  # no backward pass through the VLM, no weight decay on it
+            for p in policy.parameters():
+                p.requires_grad_(False)
         if reference is not None:
             self.reference = reference.eval()
             for p in self.reference.parameters():
@@ -138,7 +148,8 @@ class ClapModel(nn.Module):
             raise ValueError("CLAP-RF trains on robot samples with continuous actions (batch.actions is None)")
         pol = self.policy
         full = pol.full_mask(batch)  # (B, T_all)
-        out = pol.vlm(batch.visual, batch.input_ids, full, output_hidden_states=self.cfg.rf.context == "hidden")
+        with torch.no_grad() if self.cfg.vlm_frozen else contextlib.nullcontext():
+            out = pol.vlm(batch.visual, batch.input_ids, full, output_hidden_states=self.cfg.rf.context == "hidden")
         B, T_all = full.shape
         prefix = out.text_start + prefix_lengths(batch.labels)  # (B,)
         ctx_mask = full.bool() & (torch.arange(T_all, device=full.device)[None] < prefix[:, None])
@@ -171,7 +182,7 @@ class ClapModel(nn.Module):
             kl = knowledge_matching_kl(pol_logits, ref_logits, self.cfg.kl_direction)
             loss = loss + self.cfg.km_weight * kl
             metrics["kl"] = kl.detach()
-        if self.cfg.ki:
+        if self.cfg.ki and not self.cfg.vlm_frozen:
             ce = nn.functional.cross_entropy(pol_logits, labels[sel])
             loss = loss + self.cfg.token_weight * ce
             metrics["ce_action"] = ce.detach()
