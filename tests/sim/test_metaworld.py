@@ -199,6 +199,35 @@ def test_human_domain_has_no_actions_and_eval_file_matches_frames(tmp_path: Path
         env.close()
 
 
+def test_human_appearance_factors_switch_independently():
+    # Turning one change off leaves the others' random draws alone, so the one-factor datasets
+    # of a seed differ from the full human domain in that factor only.
+    full = mw.human_appearance(7)
+    arm = mw.human_appearance(7, arm="shown")
+    skin = mw.human_appearance(7, arm="skin")
+    assert skin.skin_arm and not skin.hide_arm and skin.camera_shift == full.camera_shift
+    no_tint = mw.human_appearance(7, table_tint=False)
+    still_light = mw.human_appearance(7, light_jitter=0.0)
+    assert full.hide_arm and not arm.hide_arm and not arm.skin_arm
+    with pytest.raises(ConfigError, match="human arm"):
+        mw.human_appearance(7, arm="robot")
+    assert full.table_tint is not None and no_tint.table_tint is None and arm.table_tint == full.table_tint
+    assert arm.camera_shift == no_tint.camera_shift == still_light.camera_shift == full.camera_shift != (0.0,) * 3
+    assert arm.light_scale == no_tint.light_scale == full.light_scale != 1.0 and still_light.light_scale == 1.0
+    assert mw.human_appearance(8).camera_shift != full.camera_shift
+
+
+def test_skin_arm_keeps_the_arm_recoloured(env):
+    def skin_pixels(appearance):
+        img = env.reset(3, appearance=appearance)["images"]["corner"].astype(int)
+        return int((np.abs(img - np.array(mw.SKIN[:3]) * 255).max(-1) < 45).sum())
+
+    shown, hidden, skin = (skin_pixels(mw.Appearance(**kw)) for kw in ({}, {"hide_arm": True}, {"skin_arm": True}))
+    assert hidden > shown  # the hand alone is skin-coloured
+    assert skin > 3 * hidden  # the whole arm is, and it is still drawn
+    env.reset(3, appearance=mw.Appearance())  # leave the shared env as shipped
+
+
 def test_harness_replay_succeeds_and_noop_fails(env, tmp_path: Path):
     seeds = [demo_seed(0, 0, False), demo_seed(0, 1, False)]
     recorded = {s: _expert_episode(env, s)[0] for s in seeds}

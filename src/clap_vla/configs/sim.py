@@ -64,6 +64,10 @@ class GenConfig:
     """Human domain: relative range of the per-episode light change (0 = off)."""
     human_table_tint: bool = True
     """Human domain: recolour the table per episode."""
+    human_arm: Literal["hidden", "skin", "shown"] = "hidden"
+    """Human domain: how the arm is drawn. hidden = only the hand, skin-coloured; skin = the whole
+    arm skin-coloured; shown = the robot as shipped (only the camera/light/table changes remain,
+    to tell the embodiment shift from the scene shift)."""
     overwrite: bool = False
     """Replace `out` if it exists."""
     progress: bool = True

@@ -137,6 +137,7 @@ def generate(cfg: GenConfig) -> dict:
             "camera_jitter": cfg.human_camera_jitter,
             "light_jitter": cfg.human_light_jitter,
             "table_tint": cfg.human_table_tint,
+            "arm": cfg.human_arm,
         }
         if human
         else None

@@ -55,6 +55,7 @@ ROBOT_TYPE_NAME = "sawyer"
 HAND_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
 HIDDEN_GROUP = 5  # geom group the arm is moved to in the human domain; hidden by default when rendering
 SKIN = (0.87, 0.67, 0.55, 1.0)
+HUMAN_ARMS = ("hidden", "skin", "shown")  # how the human domain draws the arm (Appearance.sample_human)
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
@@ -85,20 +86,32 @@ class Appearance:
     """How a scene is drawn. The default is Meta-World as shipped; `human` hides the robot arm."""
 
     hide_arm: bool = False  # hide every robot link but the hand and fingers, drawn skin-coloured
+    skin_arm: bool = False  # keep the arm, drawn skin-coloured with the hand (a forearm-like shape)
     table_tint: tuple[float, float, float] | None = None  # multiplies the table texture
     light_scale: float = 1.0  # scales every light's diffuse colour
     camera_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres, added to fixed cameras
 
     @staticmethod
     def sample_human(
-        rng: np.random.Generator, camera_jitter: float = 0.03, light_jitter: float = 0.3, table_tint: bool = True
+        rng: np.random.Generator,
+        camera_jitter: float = 0.03,
+        light_jitter: float = 0.3,
+        table_tint: bool = True,
+        arm: str = "hidden",
     ) -> Appearance:
-        """The embodiment shift for action-free "human" episodes: no arm, plus per-episode changes
-        of camera position, lighting and table colour (each off when its amount is 0/False)."""
-        tint = tuple(float(v) for v in rng.uniform(0.55, 1.0, 3)) if table_tint else None
+        """The shift for action-free "human" episodes: the embodiment (the arm hidden), plus
+        per-episode changes of camera position, lighting and table colour (each off when its
+        amount is 0/False). `arm`:
+        "hidden" (only the hand, skin-coloured), "skin" (the whole arm skin-coloured) or "shown"
+        (as shipped). The random draws do not depend on which changes are on, so a seed gives the
+        same scene shift whatever the arm."""
+        if arm not in HUMAN_ARMS:
+            raise ConfigError(f"human arm must be one of {HUMAN_ARMS}, got {arm!r}")
+        tint = tuple(float(v) for v in rng.uniform(0.55, 1.0, 3))  # drawn either way (see above)
         return Appearance(
-            hide_arm=True,
-            table_tint=tint,
+            hide_arm=arm == "hidden",
+            skin_arm=arm == "skin",
+            table_tint=tint if table_tint else None,
             light_scale=float(rng.uniform(1 - light_jitter, 1 + light_jitter * 0.5)),
             camera_shift=tuple(float(v) for v in rng.normal(0.0, camera_jitter, 3)),
         )
@@ -280,6 +293,10 @@ class MetaWorldEnv:
             self._scene_option.geomgroup[HIDDEN_GROUP] = 0
             model.geom_matid[self._hand_geoms] = -1
             model.geom_rgba[self._hand_geoms] = SKIN
+        elif ap.skin_arm:
+            for geoms in (self._robot_geoms, self._hand_geoms):
+                model.geom_matid[geoms] = -1
+                model.geom_rgba[geoms] = SKIN
         if ap.table_tint is not None:
             for m in self._table_mats:
                 model.mat_rgba[m, :3] = ap.table_tint
