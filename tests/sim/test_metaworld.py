@@ -185,7 +185,8 @@ def test_human_domain_has_no_actions_and_eval_file_matches_frames(tmp_path: Path
     # Replaying the true actions from the seed with the same appearance renders the stored frames.
     env = mw.make(TASK, size=SIZE)
     try:
-        obs = env.reset(t["seed"], appearance=mw.human_appearance(t["seed"]))
+        assert t["appearance"] == {"arm": "hidden", "camera_jitter": 0.03, "light_jitter": 0.3, "table_tint": True}
+        obs = env.reset(t["seed"], appearance=mw.human_appearance(t["seed"], **t["appearance"]))
         rendered = [obs["images"]["corner"]]
         for row in t["action"][:-1]:
             rendered.append(env.step(row).observation["images"]["corner"])
