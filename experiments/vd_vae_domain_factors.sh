@@ -9,6 +9,8 @@
 #   h_scene  robot as shipped, camera/light/table changed per episode (the scene shift alone)
 #   h_full   both: the human domain every other experiment uses
 #   h_skin   the whole arm drawn skin-coloured, no scene change (a forearm-like embodiment)
+#   h_skinfull  skin-coloured arm and the scene changes
+# VIDEO=<a --human-arm skin dataset> trains the second model of docs/results.md (skin-arm videos).
 # Results and their reading: docs/results.md, "VD-VAE alignment", "Which shift breaks the reading".
 #
 #   ACT_VAE=outputs/demo/act_vae VIDEO=outputs/demo/data/human bash experiments/vd_vae_domain_factors.sh
@@ -29,6 +31,7 @@ step $OUT/h_hand/meta/info.json "${GEN[@]}" "${H[@]}" "${OFF[@]}" --out $OUT/h_h
 step $OUT/h_scene/meta/info.json "${GEN[@]}" "${H[@]}" --human-arm shown --out $OUT/h_scene
 step $OUT/h_full/meta/info.json "${GEN[@]}" "${H[@]}" --out $OUT/h_full
 step $OUT/h_skin/meta/info.json "${GEN[@]}" "${H[@]}" --human-arm skin "${OFF[@]}" --out $OUT/h_skin
+step $OUT/h_skinfull/meta/info.json "${GEN[@]}" "${H[@]}" --human-arm skin --out $OUT/h_skinfull
 ACT_VAE=${ACT_VAE:-$OUT/act_vae}
 if [[ $ACT_VAE == $OUT/act_vae ]]; then
   step - train act-vae --config act_vae_cpu --data $OUT/robot --out $ACT_VAE --train.steps 1500 --resume
@@ -39,4 +42,4 @@ step - train vd-vae --config vd_vae_small --act-vae $ACT_VAE --robot-data $OUT/r
   --out $OUT/vd_vae --train.steps $VD_STEPS --train.warmup-steps 100 --train.batch-size 64 \
   --train.eval-every 500 --train.checkpoint-every 250 --resume
 step $OUT/eval/eval.json eval vd-vae --vd-vae $OUT/vd_vae --robot-data $OUT/robot \
-  --video-data $OUT/h_none $OUT/h_hand $OUT/h_scene $OUT/h_full $OUT/h_skin $VIDEO --out $OUT/eval
+  --video-data $OUT/h_none $OUT/h_hand $OUT/h_scene $OUT/h_full $OUT/h_skin $OUT/h_skinfull $VIDEO --out $OUT/eval
