@@ -12,6 +12,7 @@ from clap_vla.errors import ConfigError
 
 Positional = tyro.conf.Positional
 EnvName = Literal["metaworld", "robosuite", "libero"]
+HumanArm = Literal["hidden", "skin", "shown"]  # how the human domain draws the arm
 
 # Seed spaces (docs/simulation.md): a demonstration seed is below EVAL_SEED_BASE, an evaluation
 # seed at or above it, so no evaluation scene is ever a training scene.
@@ -64,7 +65,7 @@ class GenConfig:
     """Human domain: relative range of the per-episode light change (0 = off)."""
     human_table_tint: bool = True
     """Human domain: recolour the table per episode."""
-    human_arm: Literal["hidden", "skin", "shown"] = "hidden"
+    human_arm: HumanArm = "hidden"
     """Human domain: how the arm is drawn. hidden = only the hand, skin-coloured; skin = the whole
     arm skin-coloured; shown = the robot as shipped (only the camera/light/table changes remain,
     to tell the embodiment shift from the scene shift)."""

@@ -29,12 +29,14 @@ floor); such cameras are rotated 180 degrees so every frame is upright.
 from __future__ import annotations
 
 import os
+import typing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from clap_vla.configs.sim import HumanArm
 from clap_vla.data.rotations import matrix_to_euler
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.sim.base import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE, Observation, StepResult
@@ -55,7 +57,7 @@ ROBOT_TYPE_NAME = "sawyer"
 HAND_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
 HIDDEN_GROUP = 5  # geom group the arm is moved to in the human domain; hidden by default when rendering
 SKIN = (0.87, 0.67, 0.55, 1.0)
-HUMAN_ARMS = ("hidden", "skin", "shown")  # how the human domain draws the arm (Appearance.sample_human)
+HUMAN_ARMS = typing.get_args(HumanArm)  # how the human domain draws the arm (Appearance.sample_human)
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
@@ -97,7 +99,7 @@ class Appearance:
         camera_jitter: float = 0.03,
         light_jitter: float = 0.3,
         table_tint: bool = True,
-        arm: str = "hidden",
+        arm: HumanArm = "hidden",
     ) -> Appearance:
         """The shift for action-free "human" episodes: the embodiment (the arm hidden), plus
         per-episode changes of camera position, lighting and table colour (each off when its
