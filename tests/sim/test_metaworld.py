@@ -200,6 +200,22 @@ def test_human_domain_has_no_actions_and_eval_file_matches_frames(tmp_path: Path
         env.close()
 
 
+def test_human_keep_actions_writes_the_same_episode_with_its_actions(tmp_path: Path):
+    kw = dict(env="metaworld", tasks="drawer-open", episodes=1, workers=1, size=SIZE, domain="human", progress=False)
+    generate(GenConfig(out=tmp_path / "free", **kw))
+    generate(GenConfig(out=tmp_path / "kept", human_keep_actions=True, **kw))
+    free, kept = RobotDataset(tmp_path / "free"), RobotDataset(tmp_path / "kept")
+    assert kept.has_action and kept.has_state and kept.info["robot_type"] == "sawyer"
+    truth = load_true_actions(tmp_path / "free")[0]
+    cols = kept.episode_columns(0)
+    np.testing.assert_allclose(cols[lf.ACTION], truth["action"], atol=1e-6)
+    np.testing.assert_allclose(cols[lf.STATE], truth["state"], atol=1e-6)
+    last = free.episodes[0].length - 1
+    assert _psnr(kept.frames(0, "corner", [last])[0], free.frames(0, "corner", [last])[0]) > 40  # same scene
+    with pytest.raises(ConfigError, match="human_keep_actions"):
+        GenConfig(out=tmp_path / "x", env="metaworld", human_keep_actions=True)
+
+
 def test_human_appearance_factors_switch_independently():
     # Turning one change off leaves the others' random draws alone, so the one-factor datasets
     # of a seed differ from the full human domain in that factor only.

@@ -171,6 +171,8 @@ def test_label_and_eval(setup, tmp_path, monkeypatch):
         m = r["vd_vae"]
         assert 0 <= m["token_acc"] <= 1 and 0 <= m["top1"] <= m["top5"] <= 1 and m["items"] > 0
         assert m == r["compare"]  # the same model scored twice gives the same numbers
+        # every correct token is a read code the truth uses, so the share can only be larger
+        assert m["token_acc"] <= m["read_in_true"] <= 1 and 1 <= m["codes_read"] <= 64 >= m["codes_true"] >= 1
     assert (out / "latents_tsne.png").stat().st_size > 1000
 
 

@@ -69,6 +69,10 @@ class GenConfig:
     """Human domain: how the arm is drawn. hidden = only the hand, skin-coloured; skin = the whole
     arm skin-coloured; shown = the robot as shipped (only the camera/light/table changes remain,
     to tell the embodiment shift from the scene shift)."""
+    human_keep_actions: bool = False
+    """Human domain: also write the true actions and state into the dataset, as robot data (a
+    labelled human-look dataset, like robot data with the arm masked out: for asking what a VD-VAE
+    can read off the hand when trained on it). Not action-free video."""
     overwrite: bool = False
     """Replace `out` if it exists."""
     progress: bool = True
@@ -86,6 +90,8 @@ class GenConfig:
             raise ConfigError("libero ships no scripted experts: generate with metaworld or robosuite")
         if self.human_camera_jitter < 0 or not 0 <= self.human_light_jitter < 1:
             raise ConfigError("human_camera_jitter must be >= 0 and human_light_jitter in [0, 1)")
+        if self.human_keep_actions and self.domain != "human":
+            raise ConfigError("human_keep_actions applies to domain=human only (robot data keeps its actions)")
 
 
 GEN_PRESETS = {

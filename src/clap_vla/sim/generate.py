@@ -128,6 +128,7 @@ def generate(cfg: GenConfig) -> dict:
         raise FileExistsError(f"{cfg.out} exists; pass --overwrite to replace it")
     tasks = resolve_tasks(cfg.env, cfg.tasks)
     human = cfg.domain == "human"
+    action_free = human and not cfg.human_keep_actions  # what the dataset itself holds
     env_kwargs: dict = {"size": cfg.size}
     if cfg.cameras:
         env_kwargs["cameras"] = tuple(cfg.cameras)
@@ -182,16 +183,16 @@ def generate(cfg: GenConfig) -> dict:
                 writer = LeRobotWriter(
                     cfg.out,
                     fps=demo.fps,
-                    robot_type="human" if human else demo.robot_type,
+                    robot_type="human" if action_free else demo.robot_type,
                     encoding=VideoEncoding(codec=cfg.codec),
                     overwrite=cfg.overwrite,
-                    feature_names={} if human else {"action": names, "observation.state": names},
+                    feature_names={} if action_free else {"action": names, "observation.state": names},
                 ).__enter__()
             ep = writer.add_episode(
                 task=demo.instruction,
                 images=demo.images,
-                action=None if human else demo.action,
-                state=None if human else demo.state,
+                action=None if action_free else demo.action,
+                state=None if action_free else demo.state,
                 subtasks=demo.subtasks,
             )
             if human:

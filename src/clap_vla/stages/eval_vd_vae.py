@@ -33,7 +33,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
     hits = codes = 0
     sq = sq_act = sq_zero = 0.0
     n = 0
-    z_all, v_all, k_all = [], [], []
+    z_all, v_all, k_all, ids_all = [], [], [], []
     device = next(model.parameters()).device
     with torch.no_grad():
         for _, b in iterate(tset, batch_size, limit):
@@ -51,9 +51,14 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
             z_all.append(z[present].flatten(1))
             v_all.append(true_vec[present].flatten(1))
             k_all.append(true_ids[present])
+            ids_all.append(ids[present])
     z, v, k = torch.cat(z_all).cpu(), torch.cat(v_all).cpu(), torch.cat(k_all).cpu()
     top1, top5 = retrieval(z, v, k, retrieval_batch)
     mse, mse_act = sq / max(n, 1), sq_act / max(n, 1)
+    # Which codes are read: a VD-VAE that parks a domain in codes the true chunks never use
+    # scores 0% tokens however its retrieval and PSNR look.
+    read = torch.cat(ids_all).cpu().reshape(-1) if ids_all else torch.zeros(0, dtype=torch.long)
+    truth = set(k.reshape(-1).tolist())
     return {
         "items": len(z),
         "token_acc": hits / max(codes, 1),
@@ -64,6 +69,10 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
         "psnr_zero": float(psnr(sq_zero / max(n, 1))),
         "top1": top1,
         "top5": top5,
+        "codes_read": len(set(read.tolist())),  # distinct codes the VD-VAE emits
+        "codes_true": len(truth),  # distinct codes of the true chunks
+        # share of emitted codes that are among the true chunks' codes of this set
+        "read_in_true": float(sum(c in truth for c in read.tolist()) / max(len(read), 1)),
     }
 
 
@@ -254,7 +263,8 @@ def run(cfg: VDVAEEvalConfig) -> int:
                     f"{row['kind']:5s} {Path(row['data']).name} [{name}]: token accuracy {m['token_acc']:.1%}, "
                     f"decoded PSNR {m['psnr']:.2f} dB (Act-VAE ceiling {m['psnr_act_vae']:.2f}, zero chunk "
                     f"{m['psnr_zero']:.2f}), "
-                    f"retrieval top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%} ({m['items']} items)"
+                    f"retrieval top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, {m['codes_read']} distinct codes read "
+                    f"(the truth uses {m['codes_true']}) ({m['items']} items)"
                 )
     print(f"wrote {r['out']}/eval.json")
     return 0
