@@ -57,11 +57,13 @@ def test_fsdp_checkpoint_resumes_on_another_world_size(setup, tmp_path, monkeypa
     assert json.loads((two_one / ck.CHECKPOINT / ck.STATE).read_text())["step"] == 2
     assert json.loads((two_one / ck.META).read_text())["step"] == 2
     assert main([*_ntp(setup, two_one, 4, *FSDP), "--resume"]) == 0
-    assert_same_weights(straight, two_one)
+    # Two ranks sum gradients in another order than one process: weights agree to rounding, which on
+    # an Intel Xeon left one of 8192 entries 1.0002e-6 apart after 4 Adam steps (atol 1e-6 failed).
+    assert_same_weights(straight, two_one, atol=3e-6)
 
     assert main(_ntp(setup, one_two, 4, *FSDP, "--train.stop-at", "2", "--train.log-every", "1")) == 0
     torchrun([*_ntp(setup, one_two, 4, *FSDP, "--train.log-every", "1"), "--resume"], cache)
-    assert_same_weights(straight, one_two)
+    assert_same_weights(straight, one_two, atol=3e-6)
     # Per-step losses: steps 1-2 logged by the first process, 3-4 by the two ranks after resuming.
     assert len(train_losses(straight)) == 4
     assert train_losses(one_two) == pytest.approx(train_losses(straight), rel=1e-5)

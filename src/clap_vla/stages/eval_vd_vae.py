@@ -57,8 +57,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
     mse, mse_act = sq / max(n, 1), sq_act / max(n, 1)
     # Which codes are read: a VD-VAE that parks a domain in codes the true chunks never use
     # scores 0% tokens however its retrieval and PSNR look.
-    read = torch.cat(ids_all).cpu().reshape(-1) if ids_all else torch.zeros(0, dtype=torch.long)
-    truth = set(k.reshape(-1).tolist())
+    read, truth = torch.cat(ids_all).cpu().reshape(-1), k.reshape(-1).unique()
     return {
         "items": len(z),
         "token_acc": hits / max(codes, 1),
@@ -69,10 +68,10 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
         "psnr_zero": float(psnr(sq_zero / max(n, 1))),
         "top1": top1,
         "top5": top5,
-        "codes_read": len(set(read.tolist())),  # distinct codes the VD-VAE emits
-        "codes_true": len(truth),  # distinct codes of the true chunks
+        "codes_read": int(read.unique().numel()),  # distinct codes the VD-VAE emits
+        "codes_true": int(truth.numel()),  # distinct codes of the true chunks
         # share of emitted codes that are among the true chunks' codes of this set
-        "read_in_true": float(sum(c in truth for c in read.tolist()) / max(len(read), 1)),
+        "read_in_true": float(torch.isin(read, truth).float().mean()),
     }
 
 
