@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from clap_vla.losses import distributed_siglip_loss, feature_mse, l1_mean, same_key_mask, siglip_loss
+from clap_vla.losses import (
+    code_usage_kl,
+    distributed_siglip_loss,
+    feature_mse,
+    l1_mean,
+    same_key_mask,
+    siglip_loss,
+)
 
 LOG10 = math.log(10.0)
 
@@ -268,3 +275,37 @@ def test_feature_mse_and_l1_mean_with_masks_match_naive_means():
         l1_mean(pred, torch.ones(4, dtype=torch.bool))
     with pytest.raises(ValueError, match="differ"):
         feature_mse(pred, target[:2])
+
+
+def _naive_code_usage_kl(z, codebook, counts, tau, smoothing):
+    z, c = z.double().tolist(), codebook.double().tolist()
+    n, k = len(z), len(c)
+    d = [[sum((a - b) ** 2 for a, b in zip(z[i], c[j], strict=True)) for j in range(k)] for i in range(n)]
+    s = sum(map(sum, d)) / (n * k)
+    p_bar = [0.0] * k
+    for i in range(n):
+        e = [math.exp(-d[i][j] / (tau * s)) for j in range(k)]
+        for j in range(k):
+            p_bar[j] += e[j] / sum(e) / n
+    q = [float(v) + smoothing for v in counts]
+    q = [v / sum(q) for v in q]
+    return sum(q[j] * (math.log(q[j]) - math.log(p_bar[j])) for j in range(k))
+
+
+def test_code_usage_kl_matches_naive_loop_and_punishes_collapse():
+    g = torch.Generator().manual_seed(0)
+    codebook = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    counts = torch.tensor([3, 0, 2, 5, 1, 0])
+    z = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    cb = codebook.clone().requires_grad_(True)
+    got = code_usage_kl(z, cb, counts, tau=0.5, smoothing=0.1)
+    assert got.item() == pytest.approx(_naive_code_usage_kl(z.detach(), codebook, counts, 0.5, 0.1), rel=1e-10)
+    got.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0 and cb.grad is None  # the codebook stays frozen
+    # Latents on the codes the target uses, in its proportions, beat latents all on one code.
+    spread = codebook[torch.tensor([0, 0, 0, 2, 2, 3, 3, 3, 3, 3, 4])]
+    collapsed = codebook[torch.tensor([1] * 11)]
+    assert code_usage_kl(spread, codebook, counts) < 0.1 < 1.0 < code_usage_kl(collapsed, codebook, counts)
+    assert code_usage_kl(z[:0], codebook, counts).item() == 0
+    with pytest.raises(ValueError, match="target_counts"):
+        code_usage_kl(z, codebook, counts[:3])

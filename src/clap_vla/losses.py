@@ -242,6 +242,43 @@ def l1_mean(z: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean(z.to(_compute_dtype(z)).abs(), mask, "l1_mean")
 
 
+def code_usage_kl(
+    z: Tensor, codebook: Tensor, target_counts: Tensor, tau: float = 0.1, smoothing: float = 1e-3
+) -> Tensor:
+    """KL(q || p_bar) between a target code distribution and the batch's soft code usage.
+
+    Not a term of the paper: a clap-vla option against the collapse of action-free samples' action
+    latents onto two to four codes (docs/results.md, "Reading the hand"). With z (N, D) latents and
+    the frozen codebook (K, D):
+
+        p_i,k  = softmax_k(-||z_i - c_k||^2 / (tau * s))    s = batch mean of ||z_i - c_k||^2 (no gradient)
+        p_bar  = mean_i p_i                                  the batch's soft code usage (K,)
+        q      = (target_counts + smoothing) / sum           e.g. the robot samples' true-code histogram
+        loss   = sum_k q_k (log q_k - log p_bar_k)
+
+    Dividing by s makes `tau` independent of the latents' scale. Collapsed latents (all near one
+    code) give a large loss, latents spread like the target a small one. Only z gets a gradient.
+    Returns 0 for N = 0. Computed in at least fp32.
+    """
+    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(
+            f"code_usage_kl: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} must be (N, D), (K, D)"
+        )
+    if target_counts.shape != (codebook.shape[0],):
+        raise ValueError(f"code_usage_kl: target_counts {tuple(target_counts.shape)} must be ({codebook.shape[0]},)")
+    if not tau > 0 or not smoothing > 0:
+        raise ValueError(f"code_usage_kl: need tau > 0 and smoothing > 0, got {tau}, {smoothing}")
+    dtype = _compute_dtype(z, codebook)
+    if z.shape[0] == 0:
+        return z.sum().to(dtype) * 0
+    z, c = z.to(dtype), codebook.detach().to(dtype)
+    d = (z[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (N, K)
+    p_bar = torch.softmax(-d / (tau * d.detach().mean().clamp_min(1e-12)), dim=-1).mean(0)
+    q = target_counts.detach().to(dtype).clamp_min(0) + smoothing
+    q = q / q.sum()
+    return (q * (q.log() - p_bar.clamp_min(1e-30).log())).sum()
+
+
 # -- CLAP-RF post-training (paper §III-E, Algorithm 4) ----------------------------------------------
 
 

@@ -69,6 +69,12 @@ class VDVAEConfig:
     """lambda_reg (Table IX: 0.5)."""
     teacher_decay: float = 0.999
     """EMA rate mu of the teacher encoder (Algorithm 2 line 29)."""
+    w_usage: float = 0.0
+    """Not in the paper (0 = off): weight of losses.code_usage_kl, which pulls the action-free
+    samples' soft code usage toward the robot samples' true-code histogram in each batch, against
+    their latents collapsing onto a few codes (docs/results.md, "Reading the hand")."""
+    usage_tau: float = 0.1
+    """Temperature of code_usage_kl's soft assignment, relative to the batch's mean squared distance."""
     robot_positive: str = "quantized"
     """Robot samples' contrastive target: the Act-VAE's quantised code vectors ("quantized", the
     release; the VD-VAE is scored on reproducing exactly those codes) or its encoder outputs before
@@ -85,11 +91,13 @@ class VDVAEConfig:
             raise ConfigError(f"VDVAEConfig.width {self.width} is not divisible by heads {self.heads}")
         if self.enc_layers < 1 or self.dec_layers < 1:
             raise ConfigError(f"need >= 1 encoder and decoder layers, got {self.enc_layers}, {self.dec_layers}")
-        for name in ("w_rec", "w_vq", "w_con", "w_reg", "beta"):
+        for name in ("w_rec", "w_vq", "w_con", "w_reg", "w_usage", "beta"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"VDVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.robot_positive not in ("quantized", "encoder"):
             raise ConfigError(f"VDVAEConfig.robot_positive must be quantized or encoder, got {self.robot_positive!r}")
+        if not self.usage_tau > 0:
+            raise ConfigError(f"VDVAEConfig.usage_tau must be > 0, got {self.usage_tau}")
         if not 0 <= self.teacher_decay < 1:
             raise ConfigError(f"VDVAEConfig.teacher_decay must be in [0, 1), got {self.teacher_decay}")
 
@@ -304,6 +312,15 @@ class VDVAE(nn.Module):
         keys = torch.where(item_robot, token_keys(true_ids[items]), torch.full_like(item_robot, -1, dtype=torch.long))
         con = losses.distributed_siglip_loss(z_items, p_items, self.logit_scale, self.logit_bias, pos_key=keys)
         loss = cfg.w_rec * rec + cfg.w_vq * vq + cfg.w_con * con + cfg.w_reg * reg
+        usage = torch.zeros((), device=loss.device)
+        video_items, robot_items = items & ~robot[:, None], items & robot[:, None]
+        if cfg.w_usage > 0 and video_items.any() and robot_items.any():
+            counts = torch.bincount(true_ids[robot_items].reshape(-1), minlength=self.act_vae.quantizer.num_codes)
+            codebook = self.act_vae.quantizer.codebook
+            usage = losses.code_usage_kl(
+                z_act[video_items].reshape(-1, codebook.shape[1]), codebook, counts, cfg.usage_tau
+            )
+            loss = loss + cfg.w_usage * usage
 
         with torch.no_grad():
             hit = (qa.indices == true_ids)[items & robot[:, None]]  # (M, Nq) robot arms only
@@ -312,6 +329,7 @@ class VDVAE(nn.Module):
                 "vq": vq.detach(),
                 "con": con.detach(),
                 "reg": reg.detach(),
+                "usage": usage.detach(),
                 "token_acc": hit.float().mean() if hit.numel() else torch.tensor(float("nan")),
                 "act_usage": qa.usage,
                 "env_perplexity": qe.perplexity,
