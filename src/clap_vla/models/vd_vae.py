@@ -323,7 +323,7 @@ class VDVAE(nn.Module):
             loss = loss + cfg.w_usage * usage
 
         with torch.no_grad():
-            hit = (qa.indices == true_ids)[items & robot[:, None]]  # (M, Nq) robot arms only
+            hit = (qa.indices == true_ids)[robot_items]  # (M, Nq) robot arms only
             metrics = {
                 "rec": rec.detach(),
                 "vq": vq.detach(),
