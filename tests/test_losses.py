@@ -11,6 +11,7 @@ import torch
 
 from clap_vla.losses import (
     code_usage_kl,
+    distributed_code_usage_kl,
     distributed_siglip_loss,
     feature_mse,
     l1_mean,
@@ -307,5 +308,63 @@ def test_code_usage_kl_matches_naive_loop_and_punishes_collapse():
     collapsed = codebook[torch.tensor([1] * 11)]
     assert code_usage_kl(spread, codebook, counts) < 0.1 < 1.0 < code_usage_kl(collapsed, codebook, counts)
     assert code_usage_kl(z[:0], codebook, counts).item() == 0
+    assert code_usage_kl(z, codebook, torch.zeros(6, dtype=torch.long)).item() == 0  # no target, no term
     with pytest.raises(ValueError, match="target_counts"):
         code_usage_kl(z, codebook, counts[:3])
+
+
+# (rows on rank 0, rows on rank 1) and which ranks hold target counts: unequal, empty, one-sided.
+USAGE_CASES = [((3, 5), (True, True)), ((0, 4), (True, False)), ((4, 0), (False, True)), ((2, 2), (False, False))]
+
+
+def _usage_batch(sizes, has_counts):
+    g = torch.Generator().manual_seed(sum(sizes))
+    codebook = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(sum(sizes), 4, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    counts = [torch.randint(0, 5, (6,), generator=g) * int(h) for h in has_counts]
+    return codebook, x, w, counts
+
+
+def _usage_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    results = []
+    for sizes, has_counts in USAGE_CASES:
+        codebook, x, w, counts = _usage_batch(sizes, has_counts)
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        W = w.clone().requires_grad_()
+        loss = distributed_code_usage_kl(x[lo:hi] @ W, codebook, counts[rank], tau=0.5, smoothing=0.1)
+        loss.backward()
+        grad = W.grad.clone()
+        torch.distributed.all_reduce(grad)  # what DDP does: average the parameter gradients over ranks
+        results.append((loss.detach(), grad / world))
+    with torch.no_grad():  # evaluation (rank 0 alone in training): no collective, the local batch
+        codebook, x, w, counts = _usage_batch(*USAGE_CASES[0])
+        results.append(distributed_code_usage_kl(x @ w, codebook, counts[0], tau=0.5, smoothing=0.1))
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_distributed_code_usage_kl_on_two_gloo_ranks_matches_one_process(tmp_path: Path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_usage_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for c, (sizes, has_counts) in enumerate(USAGE_CASES):
+        codebook, x, w, counts = _usage_batch(sizes, has_counts)
+        W = w.clone().requires_grad_()
+        want = code_usage_kl(x @ W, codebook, counts[0] + counts[1], tau=0.5, smoothing=0.1)
+        want.backward()
+        tag = f"sizes={sizes} counts on ranks={has_counts}"
+        for r in range(2):  # every rank returns the global loss
+            assert ranks[r][c][0].item() == pytest.approx(want.item(), rel=1e-10, abs=1e-15), tag
+        torch.testing.assert_close(ranks[0][c][1], W.grad, rtol=1e-9, atol=1e-12, msg=tag)
+        assert torch.equal(ranks[0][c][1], ranks[1][c][1]), tag
+        if not any(has_counts):
+            assert want.item() == 0 and W.grad.abs().sum() == 0, tag
+        else:
+            assert want.item() > 0 and W.grad.abs().sum() > 0, tag
+    codebook, x, w, counts = _usage_batch(*USAGE_CASES[0])
+    want_local = code_usage_kl(x @ w, codebook, counts[0], tau=0.5, smoothing=0.1).item()
+    assert ranks[0][-1].item() == pytest.approx(want_local, rel=1e-12)

@@ -32,6 +32,8 @@ from clap_vla.train.distributed import global_count
 
 __all__ = [
     "KL_DIRECTIONS",
+    "code_usage_kl",
+    "distributed_code_usage_kl",
     "distributed_siglip_loss",
     "feature_mse",
     "flow_matching_loss",
@@ -242,6 +244,23 @@ def l1_mean(z: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean(z.to(_compute_dtype(z)).abs(), mask, "l1_mean")
 
 
+def _check_code_usage(z: Tensor, codebook: Tensor, target_counts: Tensor, tau: float, smoothing: float) -> None:
+    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
+        raise ValueError(
+            f"code_usage_kl: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} must be (N, D), (K, D)"
+        )
+    if target_counts.shape != (codebook.shape[0],):
+        raise ValueError(f"code_usage_kl: target_counts {tuple(target_counts.shape)} must be ({codebook.shape[0]},)")
+    if not tau > 0 or not smoothing > 0:
+        raise ValueError(f"code_usage_kl: need tau > 0 and smoothing > 0, got {tau}, {smoothing}")
+
+
+def _usage_kl(p_bar: Tensor, counts: Tensor, smoothing: float) -> Tensor:
+    q = counts.clamp_min(0) + smoothing
+    q = q / q.sum()
+    return (q * (q.log() - p_bar.clamp_min(1e-30).log())).sum()
+
+
 def code_usage_kl(
     z: Tensor, codebook: Tensor, target_counts: Tensor, tau: float = 0.1, smoothing: float = 1e-3
 ) -> Tensor:
@@ -258,25 +277,64 @@ def code_usage_kl(
 
     Dividing by s makes `tau` independent of the latents' scale. Collapsed latents (all near one
     code) give a large loss, latents spread like the target a small one. Only z gets a gradient.
-    Returns 0 for N = 0. Computed in at least fp32.
+    Returns 0 (attached to z) for N = 0 or an all-zero target histogram: no rows or no target, no
+    term. Computed in at least fp32. `distributed_code_usage_kl` is the same over a DDP global batch.
     """
-    if z.ndim != 2 or codebook.ndim != 2 or z.shape[1] != codebook.shape[1]:
-        raise ValueError(
-            f"code_usage_kl: z {tuple(z.shape)} and codebook {tuple(codebook.shape)} must be (N, D), (K, D)"
-        )
-    if target_counts.shape != (codebook.shape[0],):
-        raise ValueError(f"code_usage_kl: target_counts {tuple(target_counts.shape)} must be ({codebook.shape[0]},)")
-    if not tau > 0 or not smoothing > 0:
-        raise ValueError(f"code_usage_kl: need tau > 0 and smoothing > 0, got {tau}, {smoothing}")
+    _check_code_usage(z, codebook, target_counts, tau, smoothing)
     dtype = _compute_dtype(z, codebook)
-    if z.shape[0] == 0:
+    counts = target_counts.detach().to(dtype)
+    if z.shape[0] == 0 or not counts.clamp_min(0).sum() > 0:
         return z.sum().to(dtype) * 0
-    z, c = z.to(dtype), codebook.detach().to(dtype)
-    d = (z[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (N, K)
-    p_bar = torch.softmax(-d / (tau * d.detach().mean().clamp_min(1e-12)), dim=-1).mean(0)
-    q = target_counts.detach().to(dtype).clamp_min(0) + smoothing
-    q = q / q.sum()
-    return (q * (q.log() - p_bar.clamp_min(1e-30).log())).sum()
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z, c = z.to(dtype), codebook.detach().to(dtype)
+        d = (z[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (N, K)
+        p_bar = torch.softmax(-d / (tau * d.detach().mean().clamp_min(1e-12)), dim=-1).mean(0)
+        return _usage_kl(p_bar, counts, smoothing)
+
+
+def distributed_code_usage_kl(
+    z: Tensor,
+    codebook: Tensor,
+    target_counts: Tensor,
+    tau: float = 0.1,
+    smoothing: float = 1e-3,
+    *,
+    group: dist.ProcessGroup | None = None,
+) -> Tensor:
+    """`code_usage_kl` over the global batch of a DDP/FSDP run: each rank passes its own rows z
+    (n_r, D), n_r may differ and be 0, and its own target histogram; the histograms, the row count,
+    the distance normaliser s and the soft usage sums are all-reduced, so p_bar and q are the global
+    batch's and every rank returns the same value L (the single-process loss on the concatenated
+    rows). The gradient reaching z_r is world_size * dL/dz_r, so that DDP's average over ranks equals
+    the single-process gradient (written as L + world * (L - sg(L)): value L, scaled gradient).
+
+    Every rank must call it (it is a collective) while gradients are enabled. Without a process
+    group, with world size 1, or under no_grad (evaluation runs on rank 0 alone, as `global_count`),
+    it is `code_usage_kl`.
+    """
+    _check_code_usage(z, codebook, target_counts, tau, smoothing)
+    enabled = dist.is_available() and dist.is_initialized() and torch.is_grad_enabled()
+    world = dist.get_world_size(group) if enabled else 1
+    if world == 1:
+        return code_usage_kl(z, codebook, target_counts, tau, smoothing)
+    dtype = _compute_dtype(z, codebook)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        zc, c = z.to(dtype), codebook.detach().to(dtype)
+        d = (zc[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (n_r, K)
+        k = c.shape[0]
+        head = torch.stack([d.detach().sum(), torch.tensor(float(d.shape[0]), dtype=dtype, device=d.device)])
+        stats = torch.cat([head, target_counts.detach().to(dtype).clamp_min(0)])  # (2 + K,)
+        dist.all_reduce(stats, group=group)
+        d_sum, n, counts = stats[0], stats[1], stats[2:]
+        if n == 0 or not counts.sum() > 0:
+            return z.sum().to(dtype) * 0
+        s = (d_sum / (n * k)).clamp_min(1e-12)
+        local = torch.softmax(-d / (tau * s), dim=-1).sum(0)  # (K,) this rank's soft usage sum
+        total = local.detach().clone()
+        dist.all_reduce(total, group=group)
+        p_bar = (total + local - local.detach()) / n  # global value, gradient through the local rows only
+        loss = _usage_kl(p_bar, counts, smoothing)
+        return loss.detach() + world * (loss - loss.detach())
 
 
 # -- CLAP-RF post-training (paper §III-E, Algorithm 4) ----------------------------------------------

@@ -112,12 +112,13 @@ def test_two_steps_then_resume_equals_four_straight(setup, tmp_path, monkeypatch
 
 def test_torchrun_two_ranks_equal_one_process(setup, tmp_path, monkeypatch):
     """Issue 9: `torchrun --nproc-per-node 2 -m clap_vla train vd-vae ...` (DDP on gloo; SigLIP with
-    negatives from every rank; masked means over every rank) trains the same weights as one process
-    over the same global batch."""
+    negatives from every rank; masked means over every rank; the code-usage term over the global
+    batch's histograms) trains the same weights as one process over the same global batch."""
     from tests.conftest import assert_torchrun_matches_one_process
 
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
-    assert_torchrun_matches_one_process(lambda out: _args(setup, out, 3), setup / "cache", tmp_path)
+    args = lambda out: [*_args(setup, out, 3), "--model.w-usage", "0.5"]  # noqa: E731
+    assert_torchrun_matches_one_process(args, setup / "cache", tmp_path)
 
 
 def test_label_and_eval(setup, tmp_path, monkeypatch):

@@ -71,8 +71,9 @@ class VDVAEConfig:
     """EMA rate mu of the teacher encoder (Algorithm 2 line 29)."""
     w_usage: float = 0.0
     """Not in the paper (0 = off): weight of losses.code_usage_kl, which pulls the action-free
-    samples' soft code usage toward the robot samples' true-code histogram in each batch, against
-    their latents collapsing onto a few codes (docs/results.md, "Reading the hand")."""
+    samples' soft code usage toward the robot samples' true-code histogram in each batch (the global
+    batch under DDP/FSDP), against their latents collapsing onto a few codes (docs/results.md,
+    "Reading the hand")."""
     usage_tau: float = 0.1
     """Temperature of code_usage_kl's soft assignment, relative to the batch's mean squared distance."""
     robot_positive: str = "quantized"
@@ -314,10 +315,12 @@ class VDVAE(nn.Module):
         loss = cfg.w_rec * rec + cfg.w_vq * vq + cfg.w_con * con + cfg.w_reg * reg
         usage = torch.zeros((), device=loss.device)
         video_items, robot_items = items & ~robot[:, None], items & robot[:, None]
-        if cfg.w_usage > 0 and video_items.any() and robot_items.any():
+        if cfg.w_usage > 0:
+            # Called on every rank, even one without video or robot items: under DDP it is a collective
+            # over the global batch (0 when no rank has video items or none has robot items).
             counts = torch.bincount(true_ids[robot_items].reshape(-1), minlength=self.act_vae.quantizer.num_codes)
             codebook = self.act_vae.quantizer.codebook
-            usage = losses.code_usage_kl(
+            usage = losses.distributed_code_usage_kl(
                 z_act[video_items].reshape(-1, codebook.shape[1]), codebook, counts, cfg.usage_tau
             )
             loss = loss + cfg.w_usage * usage
