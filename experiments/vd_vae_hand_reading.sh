@@ -14,7 +14,13 @@
 #             h_full, whose camera/light/table changes it never saw with labels
 #   robotonly robot source = robot demonstrations, and NO action-free videos: does the videos'
 #             EMA-teacher objective help or hurt reading the human look?
-# Both use the same human-domain videos, Act-VAE, steps and evaluation sets as
+# Then the two remedies tried against what those showed, alone and together on the `mix` recipe:
+#   usage         robot demonstrations + videos (the one-factor recipe) with the anti-collapse
+#                 term --model.w-usage 0.1
+#   handonly_ms   `handonly` on the multi-scale frame features efficientnet-lite0:stages=3+5
+#                 (stage-3 detail folded into the 8 x 8 stage-5 grid): does a finer feature read the hand?
+#   mix_usage, mix_ms, mix_ms_usage   `mix` with the term, the multi-scale features, or both
+# All use the same human-domain videos, Act-VAE, steps and evaluation sets as
 # vd_vae_domain_factors.sh (seed 1, paired scenes), so its table is the baseline.
 # Results: docs/results.md, "VD-VAE alignment", "Reading the hand".
 #
@@ -25,7 +31,7 @@ A=${A:-door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3}
 ROBOT_EPISODES=${ROBOT_EPISODES:-50}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 VD_STEPS=${VD_STEPS:-1500}
-MODELS=${MODELS-handonly mix robotonly}  # MODELS="" only generates the data
+MODELS=${MODELS-handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage}  # MODELS="" only generates the data
 GEN=(data gen metaworld --size 128 --codec h264 --tasks $A)
 OFF=(--human-camera-jitter 0 --human-light-jitter 0 --no-human-table-tint)
 H=(--seed 1 --episodes $EVAL_EPISODES --domain human)
@@ -46,13 +52,21 @@ step $VIDEO/meta/info.json "${GEN[@]}" --seed 0 --episodes 15 --domain human --o
 TRAIN=(train vd-vae --config vd_vae_small --act-vae $ACT_VAE --train.steps $VD_STEPS
   --train.warmup-steps 100 --train.batch-size 64 --train.eval-every 500 --train.checkpoint-every 250 --resume)
 EVAL_SETS=($OUT/h_none $OUT/h_hand $OUT/h_full $VIDEO)
+# mixture: the two robot sources half each of the robot share, videos about as by size elsewhere
+MIX=(--robot-data $OUT/robot $OUT/robot_hand --video-data $VIDEO --weights 0.4 0.4 0.2)
+USAGE=(--model.w-usage 0.1)
+MS=(--features.frame-encoder efficientnet-lite0:stages=3+5)
 for m in $MODELS; do
   case $m in
     handonly) DATA=(--robot-data $OUT/robot_hand --video-data $VIDEO) ;;
-    # mixture: the two robot sources half each of the robot share, videos about as by size elsewhere
-    mix) DATA=(--robot-data $OUT/robot $OUT/robot_hand --video-data $VIDEO --weights 0.4 0.4 0.2) ;;
+    mix) DATA=("${MIX[@]}") ;;
     robotonly) DATA=(--robot-data $OUT/robot) ;;
-    *) echo "unknown model $m (handonly, mix, robotonly)"; exit 2 ;;
+    usage) DATA=(--robot-data $OUT/robot --video-data $VIDEO "${USAGE[@]}") ;;
+    handonly_ms) DATA=(--robot-data $OUT/robot_hand --video-data $VIDEO "${MS[@]}") ;;
+    mix_usage) DATA=("${MIX[@]}" "${USAGE[@]}") ;;
+    mix_ms) DATA=("${MIX[@]}" "${MS[@]}") ;;
+    mix_ms_usage) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}") ;;
+    *) echo "unknown model $m (handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage)"; exit 2 ;;
   esac
   step - "${TRAIN[@]}" "${DATA[@]}" --out $OUT/vd_vae_$m
   step $OUT/eval_$m/eval.json eval vd-vae --vd-vae $OUT/vd_vae_$m --robot-data $OUT/robot $OUT/robot_hand \
