@@ -255,6 +255,11 @@ def _check_code_usage(z: Tensor, codebook: Tensor, target_counts: Tensor, tau: f
         raise ValueError(f"code_usage_kl: need tau > 0 and smoothing > 0, got {tau}, {smoothing}")
 
 
+def _code_distances(z: Tensor, codebook: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N, K) squared distances from the latents to the frozen (detached) codebook, in `dtype`."""
+    return (z.to(dtype)[:, None, :] - codebook.detach().to(dtype)[None, :, :]).pow(2).sum(-1)
+
+
 def _usage_kl(p_bar: Tensor, counts: Tensor, smoothing: float) -> Tensor:
     q = counts.clamp_min(0) + smoothing
     q = q / q.sum()
@@ -286,8 +291,7 @@ def code_usage_kl(
     if z.shape[0] == 0 or not counts.clamp_min(0).sum() > 0:
         return z.sum().to(dtype) * 0
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z, c = z.to(dtype), codebook.detach().to(dtype)
-        d = (z[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (N, K)
+        d = _code_distances(z, codebook, dtype)  # (N, K)
         p_bar = torch.softmax(-d / (tau * d.detach().mean().clamp_min(1e-12)), dim=-1).mean(0)
         return _usage_kl(p_bar, counts, smoothing)
 
@@ -319,9 +323,8 @@ def distributed_code_usage_kl(
         return code_usage_kl(z, codebook, target_counts, tau, smoothing)
     dtype = _compute_dtype(z, codebook)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        zc, c = z.to(dtype), codebook.detach().to(dtype)
-        d = (zc[:, None, :] - c[None, :, :]).pow(2).sum(-1)  # (n_r, K)
-        k = c.shape[0]
+        d = _code_distances(z, codebook, dtype)  # (n_r, K)
+        k = codebook.shape[0]
         head = torch.stack([d.detach().sum(), torch.tensor(float(d.shape[0]), dtype=dtype, device=d.device)])
         stats = torch.cat([head, target_counts.detach().to(dtype).clamp_min(0)])  # (2 + K,)
         dist.all_reduce(stats, group=group)
