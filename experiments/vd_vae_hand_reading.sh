@@ -20,6 +20,8 @@
 #   handonly_ms   `handonly` on the multi-scale frame features efficientnet-lite0:stages=3+5
 #                 (stage-3 detail folded into the 8 x 8 stage-5 grid): does a finer feature read the hand?
 #   mix_usage, mix_ms, mix_ms_usage   `mix` with the term, the multi-scale features, or both
+#   mix_ms_usage_seed1   the best recipe again with another training seed (how large is seed noise?)
+#   mix_ms_usage_4k      the best recipe for 4000 steps instead of 1500
 # All use the same human-domain videos, Act-VAE, steps and evaluation sets as
 # vd_vae_domain_factors.sh (seed 1, paired scenes), so its table is the baseline.
 # Results: docs/results.md, "VD-VAE alignment", "Reading the hand".
@@ -31,7 +33,7 @@ A=${A:-door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3}
 ROBOT_EPISODES=${ROBOT_EPISODES:-50}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 VD_STEPS=${VD_STEPS:-1500}
-MODELS=${MODELS-handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage}  # MODELS="" only generates the data
+MODELS=${MODELS-handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage mix_ms_usage_seed1 mix_ms_usage_4k}  # MODELS="" only generates the data
 GEN=(data gen metaworld --size 128 --codec h264 --tasks $A)
 OFF=(--human-camera-jitter 0 --human-light-jitter 0 --no-human-table-tint)
 H=(--seed 1 --episodes $EVAL_EPISODES --domain human)
@@ -49,7 +51,7 @@ fi
 VIDEO=${VIDEO:-$OUT/video}
 step $VIDEO/meta/info.json "${GEN[@]}" --seed 0 --episodes 15 --domain human --out $VIDEO
 
-TRAIN=(train vd-vae --config vd_vae_small --act-vae $ACT_VAE --train.steps $VD_STEPS
+TRAIN=(train vd-vae --config vd_vae_small --act-vae $ACT_VAE
   --train.warmup-steps 100 --train.batch-size 64 --train.eval-every 500 --train.checkpoint-every 250 --resume)
 EVAL_SETS=($OUT/h_none $OUT/h_hand $OUT/h_full $VIDEO)
 # mixture: the two robot sources half each of the robot share, videos about as by size elsewhere
@@ -57,6 +59,7 @@ MIX=(--robot-data $OUT/robot $OUT/robot_hand --video-data $VIDEO --weights 0.4 0
 USAGE=(--model.w-usage 0.1)
 MS=(--features.frame-encoder efficientnet-lite0:stages=3+5)
 for m in $MODELS; do
+  STEPS=$VD_STEPS
   case $m in
     handonly) DATA=(--robot-data $OUT/robot_hand --video-data $VIDEO) ;;
     mix) DATA=("${MIX[@]}") ;;
@@ -66,9 +69,12 @@ for m in $MODELS; do
     mix_usage) DATA=("${MIX[@]}" "${USAGE[@]}") ;;
     mix_ms) DATA=("${MIX[@]}" "${MS[@]}") ;;
     mix_ms_usage) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}") ;;
-    *) echo "unknown model $m (handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage)"; exit 2 ;;
+    mix_ms_usage_seed1) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}" --train.seed 1) ;;
+    mix_ms_usage_4k) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}"); STEPS=4000 ;;
+    *) echo "unknown model $m (handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage" \
+      "mix_ms_usage_seed1 mix_ms_usage_4k)"; exit 2 ;;
   esac
-  step - "${TRAIN[@]}" "${DATA[@]}" --out $OUT/vd_vae_$m
+  step - "${TRAIN[@]}" --train.steps $STEPS "${DATA[@]}" --out $OUT/vd_vae_$m
   step $OUT/eval_$m/eval.json eval vd-vae --vd-vae $OUT/vd_vae_$m --robot-data $OUT/robot $OUT/robot_hand \
     --video-data "${EVAL_SETS[@]}" --out $OUT/eval_$m
 done
