@@ -121,6 +121,20 @@ def test_resume_refuses_a_different_config_and_a_fresh_run_refuses_an_existing_d
         fit(_model(), src, _cfg(steps=2, lr=2e-3), tmp_path / "r", resume=True)
 
 
+def test_threads_limit_this_process_and_may_change_on_resume(tmp_path: Path):
+    src = ChunkSource(_chunks(), batch_size=16)
+    before = torch.get_num_threads()
+    first, second = (3, 2) if before != 3 else (2, 3)  # both differ from the count before
+    try:
+        fit(_model(), src, _cfg(steps=2, threads=first), tmp_path / "r")
+        assert torch.get_num_threads() == first
+        # A different thread count is not a different run: the resume is accepted (and finds it done).
+        assert fit(_model(), src, _cfg(steps=2, threads=second), tmp_path / "r", resume=True)["step"] == 2
+        assert torch.get_num_threads() == second
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path: Path):
     bad = _chunks()
     bad.actions[:] = float("nan")
@@ -292,7 +306,13 @@ def test_dry_run_builds_model_and_batch_trains_one_step_and_writes_nothing(tmp_p
     out = tmp_path / "av"
     args = ["train", "act-vae", "--config", "act_vae_tiny", "--data", str(tmp_path / "one"), "--out", str(out),
             "--train.steps", "2", "--train.no-progress"]  # fmt: skip
-    assert main([*args, "--train.dry-run"]) == 0
+    threads = torch.get_num_threads()
+    want = 3 if threads != 3 else 2  # differs from the current count, so the check can fail
+    try:
+        assert main([*args, "--train.dry-run", "--train.threads", str(want)]) == 0
+        assert torch.get_num_threads() == want  # the stage applied --train.threads
+    finally:
+        torch.set_num_threads(threads)
     text = capsys.readouterr().out
     assert not out.exists()
     assert "dry run" in text and "0 trainable tensors without a gradient" in text
@@ -309,6 +329,8 @@ def test_train_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ConfigError, match="ema_decay"):
         replace(TrainConfig(), ema_decay=1.0)
+    with pytest.raises(ConfigError, match="threads must be >= 0"):
+        TrainConfig(threads=-1)
 
 
 def test_eval_stage_and_rate_distortion_study(tmp_path: Path):

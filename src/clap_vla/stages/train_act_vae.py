@@ -32,7 +32,7 @@ def run(cfg: ActVAETrainConfig) -> int:
 
     if not cfg.data:
         raise ConfigError("--data: name at least one robot dataset")
-    info = setup(cfg.train.device)
+    info = setup(cfg.train.device, cfg.train.threads)
     train, held, stats = load_chunks(
         list(cfg.data), cfg.model.horizon, holdout_every=cfg.holdout_every, progress=info.is_main and cfg.train.progress
     )

@@ -99,7 +99,7 @@ def run(cfg: NTPTrainConfig) -> int:
 
         init_model, init_meta = load_ntp(cfg.init)
         cfg = replace(cfg, model=init_model.cfg, features=FeatureConfig(**init_meta["config"]["features"]))
-    info = setup(cfg.train.device)
+    info = setup(cfg.train.device, cfg.train.threads)
     progress = info.is_main and cfg.train.progress
     act_vae, act_meta = load_act_vae(cfg.act_vae)
     pixels = cfg.model.vlm.name.startswith("qwen3-vl:")

@@ -114,7 +114,7 @@ def run(cfg: PostTrainConfig) -> int:
                           features=FeatureConfig(**pconf["features"]))  # fmt: skip
     pixels = bool(getattr(policy.vlm, "uses_pixels", False))
     encoder = None if pixels else build_frame_encoder(ncfg.features.frame_encoder, ncfg.features.precision)
-    info = setup(cfg.train.device)
+    info = setup(cfg.train.device, cfg.train.threads)
     if info.enabled and not info.is_main:
         barrier()  # rank 0 builds the frame/feature caches first
     train, held, norms = load_samples(ncfg, act_vae, act_meta, encoder, info.is_main and cfg.train.progress)

@@ -87,7 +87,7 @@ def run(cfg: VDVAETrainConfig) -> int:
         raise ConfigError("--act-vae: name the Act-VAE artifact whose codebook the VD-VAE aligns to")
     if not cfg.robot_data:
         raise ConfigError("--robot-data: name at least one robot dataset (the contrastive anchors)")
-    info = setup(cfg.train.device)
+    info = setup(cfg.train.device, cfg.train.threads)
     act_vae, act_meta = load_act_vae(cfg.act_vae)
     encoder = build_frame_encoder(cfg.features.frame_encoder, precision=cfg.features.precision)
     # Rank 0 builds the feature caches; the other ranks wait, then open them.

@@ -28,8 +28,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Initialise the process group when launched by torchrun (idempotent); pick the device."""
+def setup(device: str = "auto", threads: int = 0) -> DistInfo:
+    """Initialise the process group when launched by torchrun (idempotent); pick the device; with
+    threads > 0 limit PyTorch's intra-op CPU threads of this process to that many."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))

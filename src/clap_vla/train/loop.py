@@ -64,6 +64,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
+    threads: int = 0
+    """CPU threads for PyTorch's intra-op parallelism, per process (torch.set_num_threads), set before
+    any data or feature work; 0 = PyTorch's default (all cores, or OMP_NUM_THREADS). Give each of
+    several runs sharing a machine its share of the cores. Not part of the config a resume checks."""
     progress: bool = True
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """Under torchrun: ddp replicates the model on every rank; fsdp shards parameters, gradients and
@@ -91,6 +95,8 @@ class TrainConfig:
             )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.threads < 0:
+            raise ConfigError(f"threads must be >= 0 (0 = PyTorch's default), got {self.threads}")
 
 
 class BatchSource(Protocol):
@@ -140,7 +146,7 @@ def fit(
     run refuses an existing one; a resume refuses a different config), so a refused command never
     overwrites anything of the run it was refused for; a dry run never calls it."""
     run_dir = Path(run_dir)
-    info = dist_info or setup(cfg.device)
+    info = dist_info or setup(cfg.device, cfg.threads)
     torch.manual_seed(cfg.seed)
     net: nn.Module = _LossModule(model)
     sharded = cfg.strategy == "fsdp"
@@ -396,7 +402,7 @@ def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
     saved = ck.read_json(run_dir / ck.CONFIG)
     now = json.loads(json.dumps(full_config, default=str))
     ignore = {"progress", "log_every", "eval_every", "checkpoint_every", "resume", "out", "overwrite", "dry_run",
-              "activation_checkpointing", "stop_at"}  # fmt: skip
+              "activation_checkpointing", "stop_at", "threads"}  # fmt: skip
     diffs = []
     for section in set(saved) | set(now):
         a, b = saved.get(section, {}), now.get(section, {})
