@@ -194,3 +194,14 @@ def test_label_a_video_smaller_than_the_holdout_period(setup, tmp_path, monkeypa
     assert len(cols["codes"]) == RobotDataset(tmp_path / "few").num_frames
     # The shard names the Act-VAE frozen inside the VD-VAE (its hash at training time).
     assert meta["act_vae"] == json.loads((vd / ck.META).read_text())["parents"]["act_vae"]
+
+
+def test_tsne_legend_names_every_task_once_including_video_only_ones():
+    from clap_vla.stages.eval_vd_vae import tsne_legend
+
+    task = ["open the door", "open the door", "wave", "open the door", "wave"]
+    domain = ["video", "robot", "video", "video", "video"]
+    assert tsne_legend(task, domain) == {
+        ("open the door", "robot"): "open the door",
+        ("wave", "video"): "wave (video only)",
+    }

@@ -199,6 +199,22 @@ def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
     return results
 
 
+def tsne_legend(task: list[str], domain: list[str]) -> dict[tuple[str, str], str]:
+    """One legend entry per task (the colour), on its first series: the robot one when the task has
+    robot samples, else the video one, marked "(video only)" — tasks seen only in action-free
+    video (e.g. the paper's video-only task set) must still be named."""
+    kinds: dict[str, set[str]] = {}
+    for t, d in zip(task, domain, strict=True):
+        kinds.setdefault(t, set()).add(d)
+    out = {}
+    for t, ks in kinds.items():
+        if "robot" in ks:
+            out[(t, "robot")] = t[:30]
+        else:
+            out[(t, "video")] = f"{t[:30]} (video only)"
+    return out
+
+
 def plot_tsne(model, sets, points: int, path: Path) -> Path:
     """t-SNE of the action latents (present arms) of robot and video transitions (paper Fig. 9)."""
     import matplotlib
@@ -227,6 +243,7 @@ def plot_tsne(model, sets, points: int, path: Path) -> Path:
     x = torch.cat(feats).numpy()
     emb = TSNE(n_components=2, init="pca", perplexity=min(30, max(5, len(x) // 10)), random_state=0).fit_transform(x)
     tasks = sorted(set(task))
+    labels = tsne_legend(task, domain)
     cmap = plt.get_cmap("tab10" if len(tasks) <= 10 else "tab20")
     fig, ax = plt.subplots(figsize=(8, 7))
     for j, tname in enumerate(tasks):
@@ -240,9 +257,7 @@ def plot_tsne(model, sets, points: int, path: Path) -> Path:
                     marker=marker,
                     color=cmap(j % cmap.N),
                     alpha=0.7,
-                    label=f"{tname[:30]} ({kind})"
-                    if kind == "robot" or not (np.array(domain) == "robot").any()
-                    else None,
+                    label=labels.get((tname, kind)),
                 )
     ax.set_title("VD-VAE action latents (t-SNE): o robot, ^ action-free video; colour = task")
     ax.legend(fontsize=6, markerscale=2, loc="best")
