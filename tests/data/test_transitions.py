@@ -59,3 +59,43 @@ def test_mixture_sampling_follows_weights_and_is_a_function_of_the_step(tmp_path
     assert torch.equal(x.features, y.features) and torch.equal(x.source, y.source)
     r0, r1 = src.batch(7, 0, 2), src.batch(7, 1, 2)  # ranks split the global batch
     assert torch.equal(torch.stack([r0.source, r1.source], 1).reshape(-1), x.source)
+
+
+class _ArrayFeatures:
+    """A feature provider over an in-memory (T, P, C) array; view v > 0 adds v (a stand-in augmentation)."""
+
+    def __init__(self, feats: np.ndarray):
+        self.feats = feats
+        self.num_patches, self.dim, self.augmented_views = feats.shape[1], feats.shape[2], 3
+
+    def get(self, rows, views):
+        return torch.from_numpy(self.feats[rows]).float() + torch.as_tensor(views, dtype=torch.float32)[:, None, None]
+
+
+def test_standardized_features_match_a_float64_reference_and_undo_a_per_channel_affine_shift():
+    from clap_vla.data.transitions import StandardizedFeatures
+
+    rng = np.random.default_rng(0)
+    f = (rng.normal(size=(300, 6, 5)) * [1.0, 3.0, 0.2, 5.0, 1.0] + [0.0, 4.0, -2.0, 10.0, 1.0]).astype(np.float32)
+    f[:, :, 4] = 2.5  # a constant channel: standardised to 0, not inf/nan
+    std = StandardizedFeatures(_ArrayFeatures(f), num_frames=300, sample_frames=1000)  # all frames
+    ref = f.astype(np.float64).reshape(-1, 5)
+    mean, sd = ref.mean(0), ref.std(0)
+    np.testing.assert_allclose(std.mean.numpy(), mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.std.numpy()[:4], sd[:4], rtol=1e-4)
+    rows, views = np.array([0, 17, 299]), np.zeros(3, np.int64)
+    out = std.get(rows, views)
+    expect = (f[rows].astype(np.float64) - mean) / np.maximum(sd, 1e-4)
+    np.testing.assert_allclose(out.numpy(), expect, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(out).all() and (out[..., 4] == 0).all()
+    # augmented views use the clean statistics (the +v stand-in augmentation survives, scaled)
+    torch.testing.assert_close(std.get(rows, np.full(3, 2)) - out, 2 / std.std.expand(3, 6, 5))
+    # A domain whose every channel is scaled and shifted (a light or tint change) reads the same.
+    a = np.array([0.5, 2.0, 1.5, 0.7, 3.0], np.float32)
+    b = np.array([10.0, -3.0, 0.5, 2.0, 7.0], np.float32)
+    shifted = StandardizedFeatures(_ArrayFeatures(f * a + b), num_frames=300, sample_frames=1000)
+    torch.testing.assert_close(shifted.get(rows, views), out, rtol=1e-4, atol=1e-3)
+    # with a sample of the frames the statistics are close but not the exact ones
+    part = StandardizedFeatures(_ArrayFeatures(f), num_frames=300, sample_frames=100, seed=1)
+    assert 0 < (part.mean - std.mean).abs().max() < 0.5
+    assert (std.num_patches, std.dim, std.augmented_views) == (6, 5, 3)

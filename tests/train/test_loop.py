@@ -119,6 +119,13 @@ def test_resume_refuses_a_different_config_and_a_fresh_run_refuses_an_existing_d
         fit(_model(), src, _cfg(steps=2), tmp_path / "r")
     with pytest.raises(ConfigError, match=r"train.lr: 0.001 -> 0.002"):
         fit(_model(), src, _cfg(steps=2, lr=2e-3), tmp_path / "r", resume=True)
+    # A run written before an option existed resumes while the option is left off, not once it is on.
+    saved = json.loads((tmp_path / "r" / ck.CONFIG).read_text())
+    del saved["train"]["ema_decay"]
+    (tmp_path / "r" / ck.CONFIG).write_text(json.dumps(saved))
+    assert fit(_model(), src, _cfg(steps=2), tmp_path / "r", resume=True)["step"] == 2
+    with pytest.raises(ConfigError, match=r"train.ema_decay: None -> 0.5"):
+        fit(_model(), src, _cfg(steps=2, ema_decay=0.5), tmp_path / "r", resume=True)
 
 
 def test_threads_limit_this_process_and_may_change_on_resume(tmp_path: Path):

@@ -205,3 +205,43 @@ def test_tsne_legend_names_every_task_once_including_video_only_ones():
         ("open the door", "robot"): "open the door",
         ("wave", "video"): "wave (video only)",
     }
+
+
+def test_dataset_norm_trains_labels_and_evaluates_on_standardised_features(setup, tmp_path, monkeypatch):
+    """--features.dataset-norm: every dataset is read through its own feature statistics, in
+    training, labelling and evaluation (taken from the artifact's config)."""
+    from clap_vla.configs.vd_vae import FeatureConfig
+    from clap_vla.data.tokens import read_token_shard
+    from clap_vla.data.transitions import StandardizedFeatures
+    from clap_vla.nn.frame_encoders import build_frame_encoder
+    from clap_vla.stages.train_vd_vae import feature_provider
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
+    vd = tmp_path / "vd"
+    assert main([*_args(setup, vd, 2), "--features.dataset-norm"]) == 0
+    fcfg = FeatureConfig(**json.loads((vd / ck.CONFIG).read_text())["features"])
+    assert fcfg.dataset_norm
+    enc = build_frame_encoder(fcfg.frame_encoder, precision=fcfg.precision)
+    for name in ("robot", "video"):
+        p = feature_provider(setup / name, fcfg, enc, progress=False, clean_only=True)
+        assert isinstance(p, StandardizedFeatures)
+        from clap_vla.data.dataset import RobotDataset
+
+        n = RobotDataset(setup / name).num_frames  # under the 2048-frame sample: stats of all frames
+        f = p.get(np.arange(n), np.zeros(n, np.int64)).double().flatten(0, 1)
+        live = f.std(0) > 0.5  # channels that vary (constant ones map to 0)
+        assert live.sum() > 10
+        torch.testing.assert_close(f.mean(0), torch.zeros_like(f.mean(0)), atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            f.std(0, unbiased=False)[live], torch.ones(int(live.sum()), dtype=f.dtype), atol=1e-3, rtol=0
+        )
+    shard = tmp_path / "tokens"
+    assert (
+        main(["label", "--vd-vae", str(vd), "--data", str(setup / "video"), "--out", str(shard), "--no-progress"]) == 0
+    )
+    cols, _ = read_token_shard(shard)
+    assert cols["codes"].shape[1] == 4 and np.isfinite(cols["distance"]).all()
+    out = tmp_path / "eval"
+    assert main(["eval", "vd-vae", "--vd-vae", str(vd), "--video-data", str(setup / "video"), "--out", str(out),
+                 "--tsne-points", "0", "--limit", "40"]) == 0  # fmt: skip
+    assert [r["kind"] for r in json.loads((out / "eval.json").read_text())["datasets"]] == ["robot", "video"]

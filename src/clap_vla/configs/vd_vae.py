@@ -34,6 +34,10 @@ class FeatureConfig:
     augment_views: int = 1
     """Augmented copies of each frame pair in the cache (the student samples one per step); 0 = no
     augmentation. Each costs one more backbone pass over the dataset and as much disk as the clean one."""
+    dataset_norm: bool = False
+    """Standardise each dataset's features per channel with that dataset's own clean-frame mean and
+    std (training, evaluation and labelling alike; not in the paper): removes appearance shifts a
+    whole domain shares, such as lighting or table colour. See data/transitions.StandardizedFeatures."""
     seed: int = 0
 
     def __post_init__(self) -> None:

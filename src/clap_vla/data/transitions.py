@@ -9,7 +9,9 @@ Features come from a `FeatureProvider`:
 - `CachedFeatures`: a precomputed feature cache (data/feature_cache.py) with view 0 = clean frames
   and views 1..V-1 = fixed augmented copies (the student samples one per frame);
 - `OnlineFeatures`: decoded frames from the frame cache run through the frozen encoder every batch,
-  with a fresh augmentation per frame (the no-cache path; slower, unlimited augmentations).
+  with a fresh augmentation per frame (the no-cache path; slower, unlimited augmentations);
+- `StandardizedFeatures`: either of those standardised per channel with its own dataset's
+  clean-frame statistics (`--features.dataset-norm`).
 
 `TransitionSource.batch(step, rank, world)` is a pure function of the step (resumed runs see the
 same batches): each of the B slots draws a dataset by the mixture weights, then a transition
@@ -78,6 +80,40 @@ class OnlineFeatures:
         if aug.any():
             imgs[aug] = augment_frames(imgs[aug], view_seeds(self.seed, views[aug], rows[aug]), self.augment)
         return self.encoder.encode(imgs).float()
+
+
+class StandardizedFeatures:
+    """Per-dataset feature standardisation: (f - mean) / std per channel, with the mean and std of
+    this dataset's own clean frames over all patches (a sample of `sample_frames` rows; float64).
+
+    Not in the paper. Each domain (robot data, arm-masked robot data, human-domain video) is centred
+    and scaled by its own statistics, as domain-specific batch-norm statistics are in unsupervised
+    domain adaptation (AdaBN, Li et al. 2016): a shift of every channel by an appearance change the
+    whole dataset shares (lighting, table colour) is removed without any labels, at training,
+    evaluation and labelling alike. Augmented views are standardised with the clean statistics."""
+
+    def __init__(self, inner: FeatureProvider, num_frames: int, sample_frames: int = 2048, seed: int = 0):
+        if num_frames < 1:
+            raise DatasetError("dataset-norm: the dataset has no frames to take feature statistics from")
+        self.inner = inner
+        self.num_patches, self.dim, self.augmented_views = inner.num_patches, inner.dim, inner.augmented_views
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(num_frames, size=min(sample_frames, num_frames), replace=False)).astype(np.int64)
+        total = torch.zeros(self.dim, dtype=torch.float64)
+        total_sq = torch.zeros(self.dim, dtype=torch.float64)
+        count = 0
+        for i in range(0, len(rows), 256):
+            f = inner.get(rows[i : i + 256], np.zeros(len(rows[i : i + 256]), np.int64)).double().flatten(0, 1)
+            total += f.sum(0)
+            total_sq += f.square().sum(0)
+            count += f.shape[0]
+        mean = total / count
+        var = (total_sq / count - mean.square()).clamp_min(0.0)
+        self.mean = mean.float()
+        self.std = var.sqrt().clamp_min(1e-4).float()  # a constant channel stays constant, not inf
+
+    def get(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        return (self.inner.get(rows, views) - self.mean) / self.std
 
 
 @dataclass
@@ -259,6 +295,7 @@ __all__ = [
     "CachedFeatures",
     "FeatureProvider",
     "OnlineFeatures",
+    "StandardizedFeatures",
     "TransitionSet",
     "TransitionSource",
     "iterate",

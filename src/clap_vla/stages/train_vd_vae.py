@@ -12,7 +12,18 @@ def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = Tru
     """The frozen features of one dataset: a feature cache (built once, then reused) or online.
     `clean_only` (evaluation, labelling, NTP): reuse any cache of this dataset and encoder when one
     exists (its view 0 is the clean frames; e.g. the VD-VAE's training cache), else build a
-    clean-only one."""
+    clean-only one. With `fcfg.dataset_norm` the provider standardises with this dataset's own
+    feature statistics."""
+    provider = _feature_provider(ds_path, fcfg, encoder, progress, clean_only)
+    if not fcfg.dataset_norm:
+        return provider
+    from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.transitions import StandardizedFeatures
+
+    return StandardizedFeatures(provider, RobotDataset(ds_path).num_frames, seed=fcfg.seed)
+
+
+def _feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool, clean_only: bool):
     from clap_vla.data.augment import AugmentConfig
     from clap_vla.data.dataset import RobotDataset
     from clap_vla.data.feature_cache import build_feature_cache, find_clean_cache

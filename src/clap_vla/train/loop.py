@@ -411,6 +411,8 @@ def _check_same_config(run_dir: Path, full_config: dict[str, Any]) -> None:
                 diffs.append(f"{section}: {a!r} -> {b!r}")
             continue
         for k in set(a) | set(b):
+            if k not in a and b[k] in (None, False, 0, "", [], {}):
+                continue  # an option newer than the run, left off: the run as it was started
             if k not in ignore and a.get(k) != b.get(k):
                 diffs.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
     if diffs:
