@@ -22,6 +22,10 @@
 #   mix_usage, mix_ms, mix_ms_usage   `mix` with the term, the multi-scale features, or both
 #   mix_ms_usage_seed1   the best recipe again with another training seed (how large is seed noise?)
 #   mix_ms_usage_4k      the best recipe for 4000 steps instead of 1500
+#   mix_ms_usage_dn      the best recipe with per-dataset feature standardisation (--features.dataset-norm)
+#   mixscene_ms_usage    the best recipe with the hand-look demonstrations rendered WITH the scene
+#                        changes (camera, light, table; other seeds than the evaluation sets): is the
+#                        scene shift what is left between reading the hand (h_hand) and the human domain?
 # All use the same human-domain videos, Act-VAE, steps and evaluation sets as
 # vd_vae_domain_factors.sh (seed 1, paired scenes), so its table is the baseline.
 # Results: docs/results.md, "VD-VAE alignment", "Reading the hand".
@@ -33,7 +37,8 @@ A=${A:-door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3}
 ROBOT_EPISODES=${ROBOT_EPISODES:-50}
 EVAL_EPISODES=${EVAL_EPISODES:-20}
 VD_STEPS=${VD_STEPS:-1500}
-MODELS=${MODELS-handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage mix_ms_usage_seed1 mix_ms_usage_4k}  # MODELS="" only generates the data
+MODELS=${MODELS-handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage mix_ms_usage_seed1 mix_ms_usage_4k
+  mix_ms_usage_dn mixscene_ms_usage}  # MODELS="" only generates the data
 GEN=(data gen metaworld --size 128 --codec h264 --tasks $A)
 OFF=(--human-camera-jitter 0 --human-light-jitter 0 --no-human-table-tint)
 H=(--seed 1 --episodes $EVAL_EPISODES --domain human)
@@ -41,6 +46,8 @@ H=(--seed 1 --episodes $EVAL_EPISODES --domain human)
 step $OUT/robot/meta/info.json "${GEN[@]}" --seed 0 --episodes $ROBOT_EPISODES --out $OUT/robot
 step $OUT/robot_hand/meta/info.json "${GEN[@]}" --seed 0 --episodes $ROBOT_EPISODES --domain human \
   --human-keep-actions "${OFF[@]}" --out $OUT/robot_hand
+step $OUT/robot_hand_scene/meta/info.json "${GEN[@]}" --seed 0 --episodes $ROBOT_EPISODES --domain human \
+  --human-keep-actions --out $OUT/robot_hand_scene
 step $OUT/h_none/meta/info.json "${GEN[@]}" "${H[@]}" --human-arm shown "${OFF[@]}" --out $OUT/h_none
 step $OUT/h_hand/meta/info.json "${GEN[@]}" "${H[@]}" "${OFF[@]}" --out $OUT/h_hand
 step $OUT/h_full/meta/info.json "${GEN[@]}" "${H[@]}" --out $OUT/h_full
@@ -71,8 +78,11 @@ for m in $MODELS; do
     mix_ms_usage) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}") ;;
     mix_ms_usage_seed1) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}" --train.seed 1) ;;
     mix_ms_usage_4k) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}"); STEPS=4000 ;;
+    mix_ms_usage_dn) DATA=("${MIX[@]}" "${MS[@]}" "${USAGE[@]}" --features.dataset-norm) ;;
+    mixscene_ms_usage) DATA=(--robot-data $OUT/robot $OUT/robot_hand_scene --video-data $VIDEO --weights 0.4 0.4 0.2
+      "${MS[@]}" "${USAGE[@]}") ;;
     *) echo "unknown model $m (handonly mix robotonly usage handonly_ms mix_usage mix_ms mix_ms_usage" \
-      "mix_ms_usage_seed1 mix_ms_usage_4k)"; exit 2 ;;
+      "mix_ms_usage_seed1 mix_ms_usage_4k mix_ms_usage_dn mixscene_ms_usage)"; exit 2 ;;
   esac
   step - "${TRAIN[@]}" --train.steps $STEPS "${DATA[@]}" --out $OUT/vd_vae_$m
   step $OUT/eval_$m/eval.json eval vd-vae --vd-vae $OUT/vd_vae_$m --robot-data $OUT/robot $OUT/robot_hand \
