@@ -14,22 +14,19 @@ def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = Tru
     exists (its view 0 is the clean frames; e.g. the VD-VAE's training cache), else build a
     clean-only one. With `fcfg.dataset_norm` the provider standardises with this dataset's own
     feature statistics."""
-    provider = _feature_provider(ds_path, fcfg, encoder, progress, clean_only)
-    if not fcfg.dataset_norm:
-        return provider
     from clap_vla.data.dataset import RobotDataset
     from clap_vla.data.transitions import StandardizedFeatures
 
-    return StandardizedFeatures(provider, RobotDataset(ds_path).num_frames, seed=fcfg.seed)
+    ds = RobotDataset(ds_path)
+    provider = _feature_provider(ds, fcfg, encoder, progress, clean_only)
+    return StandardizedFeatures(provider, ds.num_frames, seed=fcfg.seed) if fcfg.dataset_norm else provider
 
 
-def _feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool, clean_only: bool):
+def _feature_provider(ds, fcfg: FeatureConfig, encoder, progress: bool, clean_only: bool):
     from clap_vla.data.augment import AugmentConfig
-    from clap_vla.data.dataset import RobotDataset
     from clap_vla.data.feature_cache import build_feature_cache, find_clean_cache
     from clap_vla.data.transitions import CachedFeatures, OnlineFeatures
 
-    ds = RobotDataset(ds_path)
     camera = ds.camera_key(fcfg.camera) if fcfg.camera else ds.cameras[0]
     augment = AugmentConfig() if fcfg.augment_views else None
     views = 1 + fcfg.augment_views
