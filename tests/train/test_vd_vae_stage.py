@@ -5,6 +5,7 @@ Act-VAE artifact; 2 steps then resume equals 4 straight; token shards; the evalu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +242,19 @@ def test_dataset_norm_trains_labels_and_evaluates_on_standardised_features(setup
     )
     cols, _ = read_token_shard(shard)
     assert cols["codes"].shape[1] == 4 and np.isfinite(cols["distance"]).all()
+    # The labels were read off the standardised features, not the raw ones.
+    from clap_vla.data.transitions import iterate, load_transitions
+    from clap_vla.models.vd_vae import load_vd_vae
+
+    model, _ = load_vd_vae(vd, "cpu")
+    tset, _ = load_transitions(setup / "video", 8, holdout_every=None, progress=False)
+    for norm in (True, False):
+        tset.features = feature_provider(setup / "video", replace(fcfg, dataset_norm=norm), enc, False, True)
+        _, b = next(iterate(tset, 16))
+        with torch.no_grad():
+            _, dist, _ = model.infer_codes(b.features, b.arm_mask)
+        read = torch.from_numpy(cols["distance"][:16]).float()
+        assert torch.allclose(dist[:, 1], read, atol=1e-5) == norm  # arm 1 = right, the video's hand
     out = tmp_path / "eval"
     assert main(["eval", "vd-vae", "--vd-vae", str(vd), "--video-data", str(setup / "video"), "--out", str(out),
                  "--tsne-points", "0", "--limit", "40"]) == 0  # fmt: skip
