@@ -99,3 +99,67 @@ def test_standardized_features_match_a_float64_reference_and_undo_a_per_channel_
     part = StandardizedFeatures(_ArrayFeatures(f), num_frames=300, sample_frames=100, seed=1)
     assert 0 < (part.mean - std.mean).abs().max() < 0.5
     assert (std.num_patches, std.dim, std.augmented_views) == (6, 5, 3)
+
+
+def _brightness_factor(aug: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Per image, sum(aug) / sum(clean) over unsaturated pixels: the brightness factor when contrast,
+    grayscale and noise are off."""
+    a, c = aug.double().flatten(1), clean.double().flatten(1)
+    ok = (c > 8) & (c < 200)
+    return (a * ok).sum(1) / (c * ok).sum(1)
+
+
+def test_per_clip_augmentation_shares_a_transitions_draw_and_changes_every_step(tmp_path, monkeypatch):
+    from tests.conftest import write_toy
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(tmp_path / "cache"))
+    write_toy(tmp_path / "ds", n=4, length=40, size=32)
+    ds = RobotDataset(tmp_path / "ds")
+    enc = build_frame_encoder("pixels:16")
+    only_brightness = AugmentConfig(brightness=0.3, contrast=0.0, grayscale_p=0.0, noise_std=0.0)
+    train, _ = load_transitions(tmp_path / "ds", 8, holdout_every=4)
+    factors = {}
+    for per_clip in (True, False):
+        train.features = OnlineFeatures(ds, ds.cameras[0], enc, only_brightness, progress=False, per_clip=per_clip)
+        src = TransitionSource([train], [1.0], batch_size=16)
+        out = []
+        for step in (0, 1):
+            _, idx, views = src.slots(step)
+            assert (views[:, 0] == views[:, 1]).all() == per_clip  # one view id per transition, or per frame
+            rows = train.rows[idx].reshape(-1)
+            clean = train.features.images(rows, np.zeros_like(rows))
+            aug = train.features.images(rows, views.reshape(-1))
+            out.append(_brightness_factor(aug, clean).reshape(-1, 2))  # (B, 2): frames t and t+H
+        factors[per_clip] = out
+    same, other = factors[True], factors[False]
+    torch.testing.assert_close(same[0][:, 0], same[0][:, 1], atol=0.01, rtol=0)  # both frames, one draw
+    assert (other[0][:, 0] - other[0][:, 1]).abs().max() > 0.05  # per frame: independent draws
+    assert (same[0][:, 0] - same[1][:, 0]).abs().max() > 0.05  # a new draw at every step
+    assert (same[0] - 1).abs().max() > 0.05 and (same[0] - 1).abs().max() <= 0.31
+
+
+def test_per_clip_noise_differs_between_frames_while_parameters_are_shared():
+    from clap_vla.data.augment import augment_frames
+
+    img = torch.full((2, 3, 8, 8), 120, dtype=torch.uint8)
+    cfg = AugmentConfig(noise_std=0.05)
+    shared = augment_frames(img, np.array([5, 5]), cfg, noise_seeds=np.array([1, 2]))
+    assert not torch.equal(shared[0], shared[1])  # the noise is drawn per frame
+    # ... around the same brightness and contrast (the means agree within the noise's spread)
+    assert abs(shared[0].float().mean() - shared[1].float().mean()) < 3
+    no_noise = augment_frames(img, np.array([5, 5]), AugmentConfig(noise_std=0.0), noise_seeds=np.array([1, 2]))
+    assert torch.equal(no_noise[0], no_noise[1])
+    torch.testing.assert_close(augment_frames(img, np.array([5, 6]), cfg), augment_frames(img, np.array([5, 6]), cfg))
+
+
+def test_per_clip_augmentation_needs_the_online_path():
+    import pytest
+
+    from clap_vla.configs.vd_vae import FeatureConfig
+    from clap_vla.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no-cache"):
+        FeatureConfig(augment_per_clip=True)
+    with pytest.raises(ConfigError, match="augment_views"):
+        FeatureConfig(augment_per_clip=True, cache=False, augment_views=0)
+    assert FeatureConfig(augment_per_clip=True, cache=False).augment_per_clip

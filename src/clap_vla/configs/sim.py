@@ -11,8 +11,9 @@ import tyro
 from clap_vla.errors import ConfigError
 
 Positional = tyro.conf.Positional
-EnvName = Literal["metaworld", "robosuite", "libero"]
-HumanArm = Literal["hidden", "skin", "shown"]  # how the human domain draws the arm
+EnvName = Literal["metaworld", "buttons", "robosuite", "libero"]
+HUMAN_ENVS = ("metaworld", "buttons")  # simulators with a human domain (`--domain human`)
+HumanArm = Literal["hidden", "skin", "shown", "actor"]  # how the human domain draws the arm
 
 # Seed spaces (docs/simulation.md): a demonstration seed is below EVAL_SEED_BASE, an evaluation
 # seed at or above it, so no evaluation scene is ever a training scene.
@@ -35,18 +36,22 @@ class GenConfig:
     """Scripted-expert demonstrations from a simulator, written as a LeRobot v3 dataset."""
 
     env: Positional[EnvName]
-    """Simulator: metaworld (Sawyer, 50 tasks) or robosuite (two Panda arms, 14-D actions)."""
+    """Simulator: metaworld (Sawyer, 50 tasks), buttons (Sawyer, four coloured buttons, one task per
+    colour: the human-video transfer testbed, docs/simulation.md) or robosuite (two Panda arms, 14-D
+    actions)."""
     out: Path
     """Dataset directory to create."""
     tasks: str = "mt10"
-    """Comma-separated task names, or a task set (metaworld: mt10, mt50; robosuite: all)."""
+    """Comma-separated task names, or a task set (metaworld: mt10, mt50; buttons, robosuite: all)."""
     episodes: int = 50
     """Episodes per task."""
     workers: int = 2
     """Parallel simulator processes."""
     domain: Literal["robot", "human"] = "robot"
-    """robot: images + actions + state. human: the arm hidden (a hand-like end effector), camera,
-    light and table changed, written WITHOUT actions; true actions go to an evaluation-only file."""
+    """robot: images + actions + state. human: the human-domain look (metaworld: the arm hidden, a
+    hand-like end effector, camera, light and table changed; buttons: a human hand and forearm in
+    place of the robot, camera near the robot's, mild light changes), written WITHOUT actions; true
+    actions go to an evaluation-only file."""
     size: int = 128
     """Image height and width."""
     cameras: tuple[str, ...] = ()
@@ -59,16 +64,19 @@ class GenConfig:
     """Step budget per episode (default: the simulator's own)."""
     codec: Literal["av1", "h264"] = "av1"
     """Video codec."""
-    human_camera_jitter: float = 0.03
-    """Human domain: std-dev of the per-episode camera shift, metres (0 = off)."""
-    human_light_jitter: float = 0.3
-    """Human domain: relative range of the per-episode light change (0 = off)."""
-    human_table_tint: bool = True
-    """Human domain: recolour the table per episode."""
-    human_arm: HumanArm = "hidden"
-    """Human domain: how the arm is drawn. hidden = only the hand, skin-coloured; skin = the whole
-    arm skin-coloured; shown = the robot as shipped (only the camera/light/table changes remain,
-    to tell the embodiment shift from the scene shift)."""
+    human_camera_jitter: float | None = None
+    """Human domain: std-dev of the per-episode camera shift, metres (0 = off; default: the
+    simulator's, metaworld 0.03, buttons 0.01)."""
+    human_light_jitter: float | None = None
+    """Human domain: relative range of the per-episode light change (0 = off; default: metaworld
+    0.3, buttons 0.15)."""
+    human_table_tint: bool | None = None
+    """Human domain: recolour the table per episode (default: metaworld yes, buttons no)."""
+    human_arm: HumanArm | None = None
+    """Human domain: how the arm is drawn. hidden = only the hand, skin-coloured (metaworld's
+    default); skin = the whole arm skin-coloured; shown = the robot as shipped (only the
+    camera/light/table changes remain, to tell the embodiment shift from the scene shift); actor = a
+    human hand and forearm in place of the robot (buttons only, and its default)."""
     human_keep_actions: bool = False
     """Human domain: also write the true actions and state into the dataset, as robot data (a
     labelled human-look dataset, like robot data with the arm masked out: for asking what a VD-VAE
@@ -84,12 +92,14 @@ class GenConfig:
             raise ConfigError(f"episodes must be >= 1, got {self.episodes}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.domain == "human" and self.env != "metaworld":
-            raise ConfigError(f"domain=human is implemented for metaworld only, got env={self.env}")
+        if self.domain == "human" and self.env not in HUMAN_ENVS:
+            raise ConfigError(f"domain=human is implemented for {' and '.join(HUMAN_ENVS)} only, got env={self.env}")
         if self.env == "libero":
             raise ConfigError("libero ships no scripted experts: generate with metaworld or robosuite")
-        if self.human_camera_jitter < 0 or not 0 <= self.human_light_jitter < 1:
+        if (self.human_camera_jitter or 0) < 0 or not 0 <= (self.human_light_jitter or 0) < 1:
             raise ConfigError("human_camera_jitter must be >= 0 and human_light_jitter in [0, 1)")
+        if self.human_arm == "actor" and self.env != "buttons":
+            raise ConfigError(f"human_arm=actor needs a scene that draws a human actor (buttons), got env={self.env}")
         if self.human_keep_actions and self.domain != "human":
             raise ConfigError("human_keep_actions applies to domain=human only (robot data keeps its actions)")
 

@@ -34,6 +34,10 @@ class FeatureConfig:
     augment_views: int = 1
     """Augmented copies of each frame pair in the cache (the student samples one per step); 0 = no
     augmentation. Each costs one more backbone pass over the dataset and as much disk as the clean one."""
+    augment_per_clip: bool = False
+    """Draw the student's augmentation once per transition (both frames share brightness, contrast
+    and grayscale, as the release augments a clip) and afresh every step, instead of per frame from
+    fixed cached views. Runs the frozen encoder every step: needs --features.no-cache."""
     dataset_norm: bool = False
     """Standardise each dataset's features per channel with that dataset's own clean-frame mean and
     std (training, evaluation and labelling alike; not in the paper): removes appearance shifts a
@@ -45,6 +49,11 @@ class FeatureConfig:
             raise ConfigError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.augment_views < 0:
             raise ConfigError(f"augment_views must be >= 0, got {self.augment_views}")
+        if self.augment_per_clip and (self.cache or not self.augment_views):
+            raise ConfigError(
+                "augment_per_clip draws a fresh augmentation every step: it needs --features.no-cache and "
+                f"augment_views >= 1 (got cache={self.cache}, augment_views={self.augment_views})"
+            )
 
 
 @dataclass(frozen=True)

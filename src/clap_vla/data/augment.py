@@ -12,6 +12,10 @@ this order (torchvision's ColorJitter conventions, clamped to [0, 1] after every
 Each image draws its parameters from a generator seeded with its own seed, so an image's result
 depends only on (pixels, seed, config) — not on the batch it arrives in or its position there.
 The feature cache uses this to store augmented views that training can reproduce exactly.
+
+Per-clip augmentation (the release's: one draw for a whole clip, so both frames of a transition
+get the same brightness, contrast and grayscale) passes the clip's seed as `seeds` for both frames
+and a seed per frame as `noise_seeds`: the parameters are shared, the sensor noise is not.
 """
 
 from __future__ import annotations
@@ -56,9 +60,13 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 
 def augment_frames(
-    images: torch.Tensor, seeds: np.ndarray | torch.Tensor, config: AugmentConfig | None = None
+    images: torch.Tensor,
+    seeds: np.ndarray | torch.Tensor,
+    config: AugmentConfig | None = None,
+    noise_seeds: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """uint8 (N, 3, h, w), int64 seeds (N,) -> augmented uint8 (N, 3, h, w) on the images' device."""
+    """uint8 (N, 3, h, w), int64 seeds (N,) -> augmented uint8 (N, 3, h, w) on the images' device.
+    `noise_seeds` (N,), when given, seed the noise apart from the parameters (per-clip augmentation)."""
     cfg = config or AugmentConfig()
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"augment_frames expects uint8 images (N, 3, h, w), got {images.dtype} {tuple(images.shape)}")
@@ -68,6 +76,10 @@ def augment_frames(
             f"augment_frames needs one integer seed per image: seeds {seeds.dtype} {seeds.shape} "
             f"for {images.shape[0]} images"
         )
+    if noise_seeds is not None:
+        noise_seeds = np.asarray(noise_seeds)
+        if noise_seeds.shape != seeds.shape or not np.issubdtype(noise_seeds.dtype, np.integer):
+            raise ValueError(f"augment_frames: noise_seeds {noise_seeds.dtype} {noise_seeds.shape} must match seeds")
     n, _, h, w = images.shape
     b = torch.empty(n)
     c = torch.empty(n)
@@ -79,6 +91,8 @@ def augment_frames(
         b[i] = 1 + cfg.brightness * (2 * u[0] - 1)
         c[i] = 1 + cfg.contrast * (2 * u[1] - 1)
         gray[i] = u[2] < cfg.grayscale_p
+        if noise_seeds is not None:
+            g = torch.Generator().manual_seed(int(noise_seeds[i]) & _U64)
         noise[i] = torch.randn(3, h, w, generator=g)
     dev = images.device
     b, c, gray = b.to(dev).view(n, 1, 1, 1), c.to(dev).view(n, 1, 1, 1), gray.to(dev).view(n, 1, 1, 1)

@@ -9,7 +9,9 @@ Features come from a `FeatureProvider`:
 - `CachedFeatures`: a precomputed feature cache (data/feature_cache.py) with view 0 = clean frames
   and views 1..V-1 = fixed augmented copies (the student samples one per frame);
 - `OnlineFeatures`: decoded frames from the frame cache run through the frozen encoder every batch,
-  with a fresh augmentation per frame (the no-cache path; slower, unlimited augmentations);
+  with a fresh augmentation per frame, or per clip (`per_clip`: both frames of a transition share
+  the brightness, contrast and grayscale draw, as the release augments a clip; the no-cache path;
+  slower, unlimited augmentations);
 - `StandardizedFeatures`: either of those standardised per channel with its own dataset's
   clean-frame statistics (`--features.dataset-norm`).
 
@@ -58,12 +60,24 @@ class CachedFeatures:
 
 class OnlineFeatures:
     """Frames from the uint8 frame cache through the encoder per call; view v > 0 is
-    `augment_frames` with a seed derived from (seed, v, row), as the feature cache derives its views."""
+    `augment_frames` with a seed derived from (seed, v, row), as the feature cache derives its views.
+    With `per_clip`, the parameters' seed is derived from (seed, v) alone and the noise's from
+    (seed, v, row): frames asked for with the same view share their photometric draw (the
+    `TransitionSource` gives both frames of a transition one fresh view id per step)."""
 
-    def __init__(self, ds: RobotDataset, camera: str, encoder, augment=None, seed: int = 0, progress: bool = True):
+    def __init__(
+        self,
+        ds: RobotDataset,
+        camera: str,
+        encoder,
+        augment=None,
+        seed: int = 0,
+        progress: bool = True,
+        per_clip: bool = False,
+    ):
         from clap_vla.data.frame_cache import build_frame_cache
 
-        self.encoder, self.augment, self.seed = encoder, augment, seed
+        self.encoder, self.augment, self.seed, self.per_clip = encoder, augment, seed, per_clip
         path = build_frame_cache(ds, camera, progress=progress)
         shape = json.loads(path.with_suffix(".json").read_text())["shape"]
         self.frames = np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(shape))  # (T_total, h, w, 3)
@@ -72,14 +86,23 @@ class OnlineFeatures:
         self.augmented_views = 2**31 if augment is not None else 0
 
     def get(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        return self.encoder.encode(self.images(rows, views)).float()
+
+    def images(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        """The frames the encoder reads: uint8 (N, 3, h, w), view 0 clean, others augmented."""
         from clap_vla.data.augment import augment_frames
         from clap_vla.data.feature_cache import view_seeds
 
         imgs = torch.from_numpy(np.ascontiguousarray(self.frames[rows].transpose(0, 3, 1, 2)))  # (N, 3, h, w)
         aug = views > 0
         if aug.any():
-            imgs[aug] = augment_frames(imgs[aug], view_seeds(self.seed, views[aug], rows[aug]), self.augment)
-        return self.encoder.encode(imgs).float()
+            per_frame = view_seeds(self.seed, views[aug], rows[aug])
+            if self.per_clip:
+                clip = view_seeds(self.seed, views[aug], np.zeros_like(rows[aug]))
+                imgs[aug] = augment_frames(imgs[aug], clip, self.augment, noise_seeds=per_frame)
+            else:
+                imgs[aug] = augment_frames(imgs[aug], per_frame, self.augment)
+        return imgs
 
 
 class StandardizedFeatures:
@@ -97,6 +120,7 @@ class StandardizedFeatures:
             raise DatasetError("dataset-norm: the dataset has no frames to take feature statistics from")
         self.inner = inner
         self.num_patches, self.dim, self.augmented_views = inner.num_patches, inner.dim, inner.augmented_views
+        self.per_clip = getattr(inner, "per_clip", False)
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(num_frames, size=min(sample_frames, num_frames), replace=False)).astype(np.int64)
         total = torch.zeros(self.dim, dtype=torch.float64)
@@ -271,6 +295,8 @@ class TransitionSource:
             if n:
                 mine = src == k
                 views[mine] = 1 + rng.integers(0, n, size=(int(mine.sum()), 2))
+                if getattr(s.features, "per_clip", False):
+                    views[mine, 1] = views[mine, 0]  # one view (one photometric draw) per transition
         return src, idx, views
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> TransitionBatch:

@@ -6,8 +6,9 @@ action row and the expert's phase as subtask text. Episodes are generated in wor
 written in a fixed order, so a run is reproducible: for every task the dataset holds the first
 `episodes` successful seeds of the seed block.
 
-The "human" domain renders the same kind of scenes with the robot arm hidden (only a hand-like end
-effector is drawn) and with camera, light and table changes; it writes no action or state columns.
+The "human" domain renders the same kind of scenes with the robot drawn as a human would look (per
+simulator: `HUMAN_DEFAULTS` of sim/metaworld.py and sim/buttons.py) and with camera and light changes;
+it writes no action or state columns.
 The true actions go to `EVAL_ONLY_true_actions.parquet` beside the dataset's meta/ folder, for
 measuring pseudo-label accuracy; no loader in clap-vla reads it for training.
 """
@@ -75,7 +76,7 @@ def _run_demo(job: Job) -> Demo:
 
     env = cached_env(job.env, job.task, **job.env_kwargs)
     if job.human is not None:
-        from clap_vla.sim.metaworld import human_appearance
+        from clap_vla.sim.metaworld import human_appearance  # job.human holds every option (HUMAN_DEFAULTS)
 
         obs = env.reset(job.seed, appearance=human_appearance(job.seed, **job.human))
     else:
@@ -134,16 +135,7 @@ def generate(cfg: GenConfig) -> dict:
         env_kwargs["cameras"] = tuple(cfg.cameras)
     if cfg.max_steps is not None:
         env_kwargs["max_steps"] = cfg.max_steps
-    human_kwargs = (
-        {
-            "camera_jitter": cfg.human_camera_jitter,
-            "light_jitter": cfg.human_light_jitter,
-            "table_tint": cfg.human_table_tint,
-            "arm": cfg.human_arm,
-        }
-        if human
-        else None
-    )
+    human_kwargs = human_options(cfg) if human else None
     check_env_options(cfg.env, env_kwargs)  # before any worker starts
     accepted = {t: 0 for t in tasks}
     attempts = {t: 0 for t in tasks}
@@ -224,6 +216,20 @@ def generate(cfg: GenConfig) -> dict:
         "attempts": {t: attempts[t] for t in tasks},
         "expert_success_rate": {t: accepted[t] / max(attempts[t], 1) for t in tasks} if not cfg.keep_failures else None,
     }
+
+
+def human_options(cfg: GenConfig) -> dict:
+    """The human-domain options of a run: the simulator module's `HUMAN_DEFAULTS` with the flags the
+    user set on top (the evaluation-only file stores this dict, so a replay renders the same scenes)."""
+    from clap_vla.sim.registry import env_module
+
+    given = {
+        "camera_jitter": cfg.human_camera_jitter,
+        "light_jitter": cfg.human_light_jitter,
+        "table_tint": cfg.human_table_tint,
+        "arm": cfg.human_arm,
+    }
+    return {**env_module(cfg.env).HUMAN_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
 
 
 def _truth_parquet(rows: list[dict], appearance: dict | None = None) -> bytes:

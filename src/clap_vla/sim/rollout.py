@@ -33,6 +33,7 @@ class EpisodeOutcome:
     trial: int | None = None  # the env's own trial index, when it has one (LIBERO: initial state seed % 50)
     fps: int = 20
     frames: list[np.ndarray] = field(default_factory=list, repr=False)  # first camera, when recorded
+    info: dict | None = None  # the env's `episode_info(success)`, when it has one (buttons: failure mode)
 
 
 def eval_seed(cfg_seed: int, k: int) -> int:
@@ -85,7 +86,8 @@ def run_episode(env: SimEnv, policy: PolicySpec, seed: int, replan_every: int, r
                 frames.append(obs[IMAGES][camera])
             if result.success or result.done:
                 task = getattr(env, "task", "")
-                return EpisodeOutcome(task, seed, bool(result.success), steps, trial, env.fps, frames)
+                info = env.episode_info(bool(result.success)) if hasattr(env, "episode_info") else None
+                return EpisodeOutcome(task, seed, bool(result.success), steps, trial, env.fps, frames, info)
 
 
 @dataclass
@@ -215,20 +217,44 @@ def summarize(outcomes: list[EpisodeOutcome], tasks: list[str]) -> dict:
             "wilson95": [lo, hi],
             "mean_steps_to_success": float(np.mean([o.steps for o in wins])) if wins else None,
             "outcomes": [
-                {k: v for k, v in asdict(o).items() if k not in ("frames", "fps") and not (k == "trial" and v is None)}
+                {
+                    k: v
+                    for k, v in asdict(o).items()
+                    if k not in ("frames", "fps") and not (k in ("trial", "info") and v is None)
+                }
                 for o in eps
             ],
         }
+        modes = failure_counts(eps)
+        if modes is not None:
+            per_task[task]["failures"] = modes
     total = sum(v["episodes"] for v in per_task.values())
     wins = sum(v["successes"] for v in per_task.values())
     lo, hi = wilson_interval(wins, total)
-    return {
+    out = {
         "mean_success_rate": float(np.mean([v["success_rate"] for v in per_task.values()])),
         "pooled_success_rate": wins / total if total else 0.0,
         "pooled_wilson95": [lo, hi],
         "episodes": total,
         "tasks": per_task,
     }
+    modes = failure_counts(outcomes)
+    if modes is not None:
+        out["failures"] = modes
+    return out
+
+
+def failure_counts(outcomes: list[EpisodeOutcome]) -> dict[str, int] | None:
+    """Failed episodes per failure mode (Table III), for envs that classify them (`info["failure"]`);
+    None when no outcome carries a classification."""
+    if not any(o.info and "failure" in o.info for o in outcomes):
+        return None
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        mode = (o.info or {}).get("failure")
+        if mode is not None:
+            counts[mode] = counts.get(mode, 0) + 1
+    return counts
 
 
 def _save_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
@@ -254,4 +280,8 @@ def format_results(results: dict) -> str:
         f"mean over tasks {results['mean_success_rate']:.1%} (pooled 95% Wilson [{lo:.1%}, {hi:.1%}]), "
         f"{results['episodes']} episodes, {results['episodes_per_minute']:.1f} episodes/min"
     )
+    if "failures" in results:
+        lines.append(
+            "failed episodes by mode (Table III): " + ", ".join(f"{k} {v}" for k, v in results["failures"].items())
+        )
     return "\n".join(lines)

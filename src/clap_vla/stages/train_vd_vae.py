@@ -36,7 +36,9 @@ def _feature_provider(ds, fcfg: FeatureConfig, encoder, progress: bool, clean_on
             return CachedFeatures(found, clean_only=True)
         augment, views = None, 1
     if not fcfg.cache:
-        return OnlineFeatures(ds, camera, encoder, augment, seed=fcfg.seed, progress=progress)
+        return OnlineFeatures(
+            ds, camera, encoder, augment, seed=fcfg.seed, progress=progress, per_clip=fcfg.augment_per_clip
+        )
     cache = build_feature_cache(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed, progress=progress)
     return CachedFeatures(cache)
 
