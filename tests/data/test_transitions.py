@@ -40,6 +40,14 @@ def test_online_features_equal_the_cache_and_pairs_are_t_and_t_plus_h(tmp_path, 
     torch.testing.assert_close(a.features, b.features, atol=1e-2, rtol=1e-2)  # fp16 cache
     torch.testing.assert_close(a.features_aug, b.features_aug, atol=1e-2, rtol=1e-2)
     assert not torch.allclose(a.features, a.features_aug)  # the student's view is augmented
+    # Online augmentation over a clean cache: view 0 is read from the cache, only the rest is encoded.
+    train.features = OnlineFeatures(ds, ds.cameras[0], enc, AugmentConfig(), progress=False, clean=cached)
+    calls = []
+    real = enc.encode
+    monkeypatch.setattr(enc, "encode", lambda imgs: calls.append(len(imgs)) or real(imgs))
+    c = assemble([train], src, idx, views)
+    assert torch.equal(c.features, a.features) and calls == [2 * len(idx)]  # the student's frames only
+    torch.testing.assert_close(c.features_aug, b.features_aug)
 
 
 def test_mixture_sampling_follows_weights_and_is_a_function_of_the_step(tmp_path, monkeypatch):

@@ -259,3 +259,39 @@ def test_dataset_norm_trains_labels_and_evaluates_on_standardised_features(setup
     assert main(["eval", "vd-vae", "--vd-vae", str(vd), "--video-data", str(setup / "video"), "--out", str(out),
                  "--tsne-points", "0", "--limit", "40"]) == 0  # fmt: skip
     assert [r["kind"] for r in json.loads((out / "eval.json").read_text())["datasets"]] == ["robot", "video"]
+
+
+def test_per_clip_online_augmentation_trains_resumes_and_labels(setup, tmp_path, monkeypatch):
+    """--features.no-cache --features.augment-per-clip: the student's augmentation is drawn per
+    transition and afresh every step, through the encoder, over a clean cache; 2 steps + resume
+    equals 3 straight, and the artifact labels videos."""
+    from clap_vla.train import loop
+
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache_clip"))
+    clip = ["--features.no-cache", "--features.augment-per-clip", "--train.checkpoint-every", "2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*_args(setup, straight, 3), *clip]) == 0
+    save = loop.ck.save_checkpoint
+
+    def save_then_die(run_dir, model, optimizer, step, ema):
+        save(run_dir, model, optimizer, step, ema)
+        raise Killed
+
+    monkeypatch.setattr(loop.ck, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        main([*_args(setup, resumed, 3), *clip])
+    monkeypatch.setattr(loop.ck, "save_checkpoint", save)
+    assert main([*_args(setup, resumed, 3), *clip, "--resume"]) == 0
+    a, b = ck.load_weights(straight / ck.MODEL), ck.load_weights(resumed / ck.MODEL)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k, rtol=0, atol=0)
+    assert json.loads((straight / ck.CONFIG).read_text())["features"]["augment_per_clip"] is True
+    # Online per-frame augmentation trains other weights: the option reaches training.
+    plain = tmp_path / "plain"
+    assert main([*_args(setup, plain, 3), "--features.no-cache"]) == 0
+    c = ck.load_weights(plain / ck.MODEL)
+    assert any(not torch.equal(a[k], c[k]) for k in a if not k.startswith("act_vae."))
+    out = tmp_path / "tokens"
+    assert main(["label", "--vd-vae", str(straight), "--data", str(setup / "video"), "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip
+    assert (out / "meta.json").exists()

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from clap_vla.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Generate a small Meta-World set, train Act-VAE -> VD-VAE -> labels -> CLAP-NTP -> CLAP-RF,
-    evaluate in closed loop and write a report with plots. Each step is skipped when its output
-    exists, and an interrupted training step resumes from its last checkpoint."""
+    """Generate a small set of the human-video transfer testbed, train Act-VAE -> VD-VAE -> labels ->
+    CLAP-NTP -> CLAP-RF, and a CLAP-NTP without the videos as the control, evaluate in closed loop and
+    write a report with plots. Each step is skipped when its output exists, and an interrupted
+    training step resumes from its last checkpoint."""
 
     out: Path = Path("outputs/demo")
     """Where every artifact of the demo goes; a second run resumes finished steps."""
-    robot_tasks: str = "door-open-v3,window-open-v3,button-press-topdown-v3,drawer-close-v3"
-    """Task set A: robot demonstrations (with actions) and human-domain videos."""
-    video_only_tasks: str = "window-close-v3,drawer-open-v3"
-    """Task set B: ONLY action-free human-domain videos; the robot never sees a demonstration."""
-    robot_episodes: int = 15
+    env: Literal["buttons", "metaworld"] = "buttons"
+    """Simulator: buttons (four coloured buttons, one task per colour: the paper's object
+    generalisation from human video, docs/simulation.md) or metaworld (then name Meta-World tasks)."""
+    robot_tasks: str = "press-red-button,press-green-button"
+    """Task set A (in distribution): robot demonstrations (with actions) and human-domain videos."""
+    video_only_tasks: str = "press-blue-button,press-yellow-button"
+    """Task set B (out of distribution): ONLY action-free human-domain videos; the robot never sees a
+    demonstration."""
+    robot_episodes: int = 20
     """Robot demonstrations per task of set A."""
-    video_episodes: int = 10
+    video_episodes: int = 12
     """Human-domain videos per task of sets A and B."""
     size: int = 128
     """Image height and width."""
@@ -95,8 +101,8 @@ class DemoConfig:
 
 _TINY = DemoConfig(
     out=Path("outputs/demo_tiny"),
-    robot_tasks="reach-v3",
-    video_only_tasks="drawer-close-v3",
+    robot_tasks="press-red-button",
+    video_only_tasks="press-blue-button",
     robot_episodes=3,
     video_episodes=2,
     size=64,

@@ -74,10 +74,12 @@ class OnlineFeatures:
         seed: int = 0,
         progress: bool = True,
         per_clip: bool = False,
+        clean: FeatureProvider | None = None,
     ):
         from clap_vla.data.frame_cache import build_frame_cache
 
         self.encoder, self.augment, self.seed, self.per_clip = encoder, augment, seed, per_clip
+        self.clean = clean  # view 0 from here (a clean feature cache): only augmented frames are encoded
         path = build_frame_cache(ds, camera, progress=progress)
         shape = json.loads(path.with_suffix(".json").read_text())["shape"]
         self.frames = np.memmap(path, dtype=np.uint8, mode="r", shape=tuple(shape))  # (T_total, h, w, 3)
@@ -86,7 +88,15 @@ class OnlineFeatures:
         self.augmented_views = 2**31 if augment is not None else 0
 
     def get(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
-        return self.encoder.encode(self.images(rows, views)).float()
+        if self.clean is None:
+            return self.encoder.encode(self.images(rows, views)).float()
+        out = torch.empty(len(rows), self.num_patches, self.dim)
+        plain = views == 0
+        if plain.any():
+            out[plain] = self.clean.get(rows[plain], views[plain])
+        if (~plain).any():
+            out[~plain] = self.encoder.encode(self.images(rows[~plain], views[~plain])).float()
+        return out
 
     def images(self, rows: np.ndarray, views: np.ndarray) -> torch.Tensor:
         """The frames the encoder reads: uint8 (N, 3, h, w), view 0 clean, others augmented."""

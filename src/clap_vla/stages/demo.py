@@ -1,14 +1,18 @@
 """`clap demo`: the whole CLAP pipeline on embedded defaults, in one command.
 
-1. Meta-World data: robot demonstrations of task set A, and action-free human-domain videos
-   (arm hidden, camera/light/table changed) of sets A and B; the robot never sees set B.
+1. Data from the buttons testbed (docs/simulation.md; the paper's object generalisation, §V-A5):
+   robot demonstrations of task set A (two button colours), and action-free human-domain videos (a
+   human hand and forearm in place of the robot) of sets A and B (all four colours); the robot never
+   sees set B.
 2. Act-VAE on the robot chunks (+ held-out PSNR), and a small rate-distortion sweep (Table V).
 3. VD-VAE aligned to the frozen Act-VAE on robot transitions + human videos (SigLIP, §III-C2);
    its alignment on held-out robot transitions and on the human videos, with the latent t-SNE.
 4. Labels: pseudo action tokens for the human videos.
-5. CLAP-NTP on robot tokens + pseudo-labelled video (§III-D).
+5. CLAP-NTP on robot tokens + pseudo-labelled video (§III-D), and the same without the videos (the
+   control: Table VII's "w/o human data").
 6. Post-training (Algorithm 4): NTP adaptation, then the RF head with Knowledge Matching.
-7. Closed-loop success of NTP and RF on sets A and B, the NTP/RF latency, plots, a rollout video.
+7. Closed-loop success of NTP (with and without videos) and RF on sets A and B, with Table III's
+   failure modes, the NTP/RF latency, plots, a rollout video.
 
 Every step runs the same `clap ...` command a user would type (printed before it runs), writes its
 output atomically, and is skipped when that output exists; a killed training step resumes from its
@@ -65,17 +69,18 @@ def steps(cfg: DemoConfig) -> list[Step]:
     o = cfg.out
     robot, human = o / "data" / "robot", o / "data" / "human"
     act, rd, vd, ntp, post = o / "act_vae", o / "rate_distortion", o / "vd_vae", o / "ntp", o / "post"
+    ntp_robot = o / "ntp_robot_only"
     tokens = o / "tokens" / "human"
     ev = o / "eval"
     bs = ["--train.batch-size", str(cfg.batch_size)]
     hold = ["--holdout-every", str(cfg.holdout_every)]
-    gen = ["data", "gen", "metaworld", "--size", str(cfg.size), "--workers", str(cfg.workers),
+    gen = ["data", "gen", cfg.env, "--size", str(cfg.size), "--workers", str(cfg.workers),
            "--seed", str(cfg.seed), "--codec", "h264"]  # fmt: skip
     if not cfg.progress:
         gen.append("--no-progress")
     # fmt: off
     all_tasks = ",".join(cfg.tasks_a + cfg.tasks_b)
-    rollout = ["eval", "rollout", "--env", "metaworld", "--tasks", all_tasks, "--episodes", str(cfg.eval_episodes),
+    rollout = ["eval", "rollout", "--env", cfg.env, "--tasks", all_tasks, "--episodes", str(cfg.eval_episodes),
                "--workers", str(cfg.workers), "--size", str(cfg.size), "--max-steps", str(cfg.eval_max_steps)]
     rd_grid = [str(x) for x in cfg.rd_grid]
     return [
@@ -117,6 +122,11 @@ def steps(cfg: DemoConfig) -> list[Step]:
               "--video-tokens", str(tokens), "--out", str(ntp), *_train_flags("train", cfg.ntp_steps, 20, cfg),
               "--model.vlm.visual-merge", str(cfg.visual_merge), *bs, *hold, "--resume"],
              ntp, _trained(ntp, cfg.ntp_steps)),
+        Step("CLAP-NTP on robot tokens only (the control: what do the videos add?)",
+             ["train", "ntp", "--config", cfg.ntp, "--act-vae", str(act), "--robot-data", str(robot),
+              "--out", str(ntp_robot), *_train_flags("train", cfg.ntp_steps, 20, cfg),
+              "--model.vlm.visual-merge", str(cfg.visual_merge), *bs, *hold, "--resume"],
+             ntp_robot, _trained(ntp_robot, cfg.ntp_steps)),
         Step("CLAP-RF post-training (NTP adaptation, then RF head + Knowledge Matching)",
              ["train", "post", "--config", cfg.post, "--ntp", str(ntp), "--robot-data", str(robot),
               "--video-tokens", str(tokens), "--out", str(post),
@@ -127,6 +137,9 @@ def steps(cfg: DemoConfig) -> list[Step]:
         Step("closed loop: CLAP-NTP",
              [*rollout, "--policy", str(ntp), "--out", str(ev / "rollout_ntp.json")],
              ev / "rollout_ntp.json", _exists(ev / "rollout_ntp.json")),
+        Step("closed loop: CLAP-NTP without videos",
+             [*rollout, "--policy", str(ntp_robot), "--out", str(ev / "rollout_ntp_robot_only.json")],
+             ev / "rollout_ntp_robot_only.json", _exists(ev / "rollout_ntp_robot_only.json")),
         Step("closed loop: CLAP-RF (records one video per task)",
              [*rollout, "--policy", str(post), "--video-episodes", "1", "--out", str(ev / "rollout_rf.json")],
              ev / "rollout_rf.json", _exists(ev / "rollout_rf.json")),
@@ -236,14 +249,17 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
     lat = _read(ev / "latency.json")
     ntp_meta, post_meta = _read(o / "ntp" / "meta.json"), _read(o / "post" / "meta.json")
     success = {}
-    for name in ("ntp", "rf"):
+    for name in POLICIES:
         r = _read(ev / f"rollout_{name}.json")
         per = {t: r["tasks"][t]["success_rate"] for t in r["tasks"]}
         sets = {}
         for label, tasks in (("A", cfg.tasks_a), ("B", cfg.tasks_b)):
-            outcomes = [x["success"] for t in tasks for x in r["tasks"][t]["outcomes"]]
+            outcomes = [x for t in tasks for x in r["tasks"][t]["outcomes"]]
             if outcomes:
-                sets[label] = _rate(outcomes)
+                sets[label] = _rate([x["success"] for x in outcomes])
+                modes = [x["info"]["failure"] for x in outcomes if (x.get("info") or {}).get("failure")]
+                if any("info" in x for x in outcomes):  # Table III's failure modes, where the env has them
+                    sets[label]["failures"] = {m: modes.count(m) for m in sorted(set(modes))}
         success[name] = {"per_task": per, "sets": sets, "episodes_per_task": cfg.eval_episodes}
     video = _report_video(ev)
     return {
@@ -270,6 +286,9 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
         "seconds_per_step": timings,
         "seconds_total": round(sum(timings.values()), 1),
     }
+
+
+POLICIES = {"ntp": "CLAP-NTP", "ntp_robot_only": "CLAP-NTP, no videos", "rf": "CLAP-RF"}
 
 
 def _report_video(ev: Path) -> Path | None:
@@ -314,18 +333,20 @@ def plots(cfg: DemoConfig, report: dict) -> None:
     tasks = cfg.tasks_a + cfg.tasks_b
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 3.8))
     x = np.arange(len(tasks))
-    for j, (name, color) in enumerate((("ntp", "tab:blue"), ("rf", "tab:orange"))):
+    colors = {"ntp": "tab:blue", "ntp_robot_only": "tab:gray", "rf": "tab:orange"}
+    width = 0.8 / len(POLICIES)
+    for j, (name, label) in enumerate(POLICIES.items()):
         r = _read(ev / f"rollout_{name}.json")["tasks"]
         rates = np.array([r[t]["success_rate"] for t in tasks])
         ci = np.array([r[t]["wilson95"] for t in tasks])
-        ax.bar(x + (j - 0.5) * 0.38, rates, 0.38, color=color, label=f"CLAP-{name.upper()}",
+        ax.bar(x + (j - (len(POLICIES) - 1) / 2) * width, rates, width, color=colors[name], label=label,
                yerr=[rates - ci[:, 0], ci[:, 1] - rates], capsize=3)  # fmt: skip
     ax.set_xticks(x, [t.removesuffix("-v3") + ("\n(video only)" if t in cfg.tasks_b else "") for t in tasks],
                   fontsize=8)  # fmt: skip
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"success ({cfg.eval_episodes} episodes, 95% CI)")
     ax.legend()
-    ax.set_title("Closed-loop success: task set A (robot demos) and B (human video only)")
+    ax.set_title("Closed-loop success: task set A (robot demos) and B (human video only)", fontsize=9)
     fig.tight_layout()
     _save(fig, pdir / "success.png")
 
@@ -376,20 +397,26 @@ def format_report(r: dict) -> str:
                      f" (Act-VAE ceiling {v.get('psnr_act_vae', 0):.1f}, zero chunk {v.get('psnr_zero', 0):.1f}),"
                      f" retrieval top-1 {v.get('top1', 0):.1%}")  # fmt: skip
     lines.append("  closed-loop success (per task):")
+    names = [n for n in POLICIES if n in r["success"]]
     tasks = list(r["success"]["ntp"]["per_task"])
-    lines.append("    " + f"{'task':28s} {'NTP':>6s} {'RF':>6s}")
+    lines.append("    " + f"{'task':28s} " + " ".join(f"{POLICIES[n]:>20s}" for n in names))
     for t in tasks:
         tag = " (B)" if t in r["task_set_b_video_only"] else ""
-        ntp, rf = r["success"]["ntp"]["per_task"][t], r["success"]["rf"]["per_task"][t]
-        lines.append(f"    {t + tag:28s} {ntp:6.0%} {rf:6.0%}")
-    for s in ("A", "B"):
+        lines.append(f"    {t + tag:28s} " + " ".join(f"{r['success'][n]['per_task'][t]:20.0%}" for n in names))
+    for s, what in (("A", "set A (robot demos + video)"), ("B", "set B (video only, OOD)")):
         parts = []
-        for name in ("ntp", "rf"):
+        for name in names:
             v = r["success"][name]["sets"].get(s)
             if v:
-                parts.append(f"{name.upper()} {v['rate']:.0%} [{v['wilson95'][0]:.0%}, {v['wilson95'][1]:.0%}]")
+                fails = v.get("failures")
+                modes = (
+                    ("; failed: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in fails.items())) if fails else ""
+                )
+                parts.append(f"{POLICIES[name]} {v['rate']:.0%} [{v['wilson95'][0]:.0%}, {v['wilson95'][1]:.0%}]"
+                             f" ({v['successes']}/{v['episodes']}{modes})")  # fmt: skip
         if parts:
-            lines.append(f"    set {s}: " + ", ".join(parts))
+            lines.append(f"    {what}:")
+            lines.extend(f"      {p}" for p in parts)
     lat = r["latency_ms"]
     rf = ", ".join(f"RF {k.split('_')[1]} Euler steps {v:.0f} ms" for k, v in lat.items() if k.startswith("rf_"))
     lines.append(f"  latency p50: NTP {lat['ntp_p50']:.0f} ms, {rf}; "

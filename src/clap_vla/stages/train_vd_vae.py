@@ -36,8 +36,16 @@ def _feature_provider(ds, fcfg: FeatureConfig, encoder, progress: bool, clean_on
             return CachedFeatures(found, clean_only=True)
         augment, views = None, 1
     if not fcfg.cache:
+        # The clean view (the teacher's, and evaluation's) comes from a clean cache when augmenting:
+        # only the student's fresh augmentations run through the encoder every step.
+        clean = None
+        if augment is not None:
+            found = find_clean_cache(ds, camera, encoder)
+            clean = CachedFeatures(
+                found or build_feature_cache(ds, camera, encoder, progress=progress), clean_only=True
+            )
         return OnlineFeatures(
-            ds, camera, encoder, augment, seed=fcfg.seed, progress=progress, per_clip=fcfg.augment_per_clip
+            ds, camera, encoder, augment, seed=fcfg.seed, progress=progress, per_clip=fcfg.augment_per_clip, clean=clean
         )
     cache = build_feature_cache(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed, progress=progress)
     return CachedFeatures(cache)
