@@ -83,3 +83,26 @@ def assert_torchrun_matches_one_process(args, cache: Path, tmp_path: Path, torch
     torchrun([*args(ddp), *torchrun_extra], cache)
     assert_same_weights(single, ddp)
     assert train_losses(ddp) == pytest.approx(train_losses(single), rel=1e-5)
+
+
+class Killed(Exception):
+    """Raised by `run_killed_after_checkpoint`: the process 'dies' right after a checkpoint."""
+
+
+def run_killed_after_checkpoint(monkeypatch, argv: list[str]) -> None:
+    """Run `clap argv` so that it dies right after writing its first checkpoint (the resume tests)."""
+    from clap_vla.cli import main
+    from clap_vla.train import loop
+
+    save = loop.ck.save_checkpoint
+
+    def save_then_die(run_dir, model, optimizer, step, ema):
+        save(run_dir, model, optimizer, step, ema)
+        raise Killed
+
+    monkeypatch.setattr(loop.ck, "save_checkpoint", save_then_die)
+    try:
+        with pytest.raises(Killed):
+            main(argv)
+    finally:
+        monkeypatch.setattr(loop.ck, "save_checkpoint", save)

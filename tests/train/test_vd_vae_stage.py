@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.conftest import run_killed_after_checkpoint
 
 from clap_vla.cli import main
 from clap_vla.train import checkpoint as ck
@@ -71,28 +72,12 @@ def _args(root: Path, out: Path, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-class Killed(Exception):
-    pass
-
-
 def test_two_steps_then_resume_equals_four_straight(setup, tmp_path, monkeypatch):
-    from clap_vla.train import loop
-
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     args = ["--train.checkpoint-every", "2"]
     assert main([*_args(setup, straight, 4), *args]) == 0
-
-    save = loop.ck.save_checkpoint
-
-    def save_then_die(run_dir, model, optimizer, step, ema):
-        save(run_dir, model, optimizer, step, ema)
-        raise Killed  # the process dies right after the step-2 checkpoint
-
-    monkeypatch.setattr(loop.ck, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        main([*_args(setup, resumed, 4), *args])
-    monkeypatch.setattr(loop.ck, "save_checkpoint", save)
+    run_killed_after_checkpoint(monkeypatch, [*_args(setup, resumed, 4), *args])  # dies after step 2
     assert main([*_args(setup, resumed, 4), *args, "--resume"]) == 0
 
     a = ck.load_weights(straight / ck.MODEL)
@@ -265,22 +250,11 @@ def test_per_clip_online_augmentation_trains_resumes_and_labels(setup, tmp_path,
     """--features.no-cache --features.augment-per-clip: the student's augmentation is drawn per
     transition and afresh every step, through the encoder, over a clean cache; 2 steps + resume
     equals 3 straight, and the artifact labels videos."""
-    from clap_vla.train import loop
-
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache_clip"))
     clip = ["--features.no-cache", "--features.augment-per-clip", "--train.checkpoint-every", "2"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main([*_args(setup, straight, 3), *clip]) == 0
-    save = loop.ck.save_checkpoint
-
-    def save_then_die(run_dir, model, optimizer, step, ema):
-        save(run_dir, model, optimizer, step, ema)
-        raise Killed
-
-    monkeypatch.setattr(loop.ck, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        main([*_args(setup, resumed, 3), *clip])
-    monkeypatch.setattr(loop.ck, "save_checkpoint", save)
+    run_killed_after_checkpoint(monkeypatch, [*_args(setup, resumed, 3), *clip])
     assert main([*_args(setup, resumed, 3), *clip, "--resume"]) == 0
     a, b = ck.load_weights(straight / ck.MODEL), ck.load_weights(resumed / ck.MODEL)
     for k in a:
