@@ -35,6 +35,11 @@ POST_STEPS=${POST_STEPS:-600}
 EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and policy
 MAX_STEPS=${MAX_STEPS:-120}              # step budget per closed-loop episode (the expert needs 35-80)
 SIZE=${SIZE:-128}
+# The VD-VAE's student augmentation: per clip (both frames of a transition share the draw) and drawn
+# afresh every step, as the release does (online through the encoder, over a clean feature cache).
+VD_FLAGS=${VD_FLAGS:---features.no-cache --features.augment-per-clip}
+# NTP mixture: robot : pseudo-labelled video = 2 : 1, the release's robot-S1 : human-video weights (200:100).
+VIDEO_WEIGHTS=${VIDEO_WEIGHTS:-2 1}
 PY="$(dirname "$0")/../.venv/bin/python"
 
 GEN=(data gen buttons --size $SIZE --codec h264)
@@ -51,7 +56,7 @@ step $OUT/act_vae/eval/eval.json eval act-vae --act-vae $OUT/act_vae --data $OUT
 for v in siglip no_contrastive; do
   preset=vd_vae_small; [[ $v == no_contrastive ]] && preset=vd_vae_small_nocon
   step - train vd-vae --config $preset --act-vae $OUT/act_vae --robot-data $OUT/data/robot \
-    --video-data $OUT/data/human --out $OUT/vd_vae_$v --train.steps $VD_STEPS --resume
+    --video-data $OUT/data/human --out $OUT/vd_vae_$v --train.steps $VD_STEPS $VD_FLAGS --resume
   step $OUT/vd_vae_$v/eval/eval.json eval vd-vae --vd-vae $OUT/vd_vae_$v --robot-data $OUT/data/robot \
     --video-data $OUT/data/human_eval --out $OUT/vd_vae_$v/eval
   step $OUT/tokens/human_$v/meta.json label --vd-vae $OUT/vd_vae_$v --data $OUT/data/human --out $OUT/tokens/human_$v
@@ -61,14 +66,16 @@ NTP=(train ntp --config ntp_small --act-vae $OUT/act_vae --robot-data $OUT/data/
   --model.vlm.visual-merge 2 --resume)
 for seed in 0 1; do
   step - "${NTP[@]}" --train.seed $seed --out $OUT/ntp/robot_only_s$seed
-  step - "${NTP[@]}" --train.seed $seed --video-tokens $OUT/tokens/human_siglip --out $OUT/ntp/videos_siglip_s$seed
+  step - "${NTP[@]}" --train.seed $seed --video-tokens $OUT/tokens/human_siglip --weights $VIDEO_WEIGHTS \
+    --out $OUT/ntp/videos_siglip_s$seed
 done
-step - "${NTP[@]}" --video-tokens $OUT/tokens/human_no_contrastive --out $OUT/ntp/videos_no_contrastive_s0
+step - "${NTP[@]}" --video-tokens $OUT/tokens/human_no_contrastive --weights $VIDEO_WEIGHTS \
+  --out $OUT/ntp/videos_no_contrastive_s0
 
 POST=(train post --config post_small --ntp $OUT/ntp/robot_only_s0 --robot-data $OUT/data/robot
   --train.steps $POST_STEPS --train.lr 1e-3 --resume)
 step - "${POST[@]}" --no-adapt-stage --out $OUT/post/rf_km_before_videos
-step - "${POST[@]}" --video-tokens $OUT/tokens/human_siglip --adapt.steps $ADAPT_STEPS \
+step - "${POST[@]}" --video-tokens $OUT/tokens/human_siglip --weights $VIDEO_WEIGHTS --adapt.steps $ADAPT_STEPS \
   --out $OUT/post/rf_km_after_videos
 
 ROLL=(eval rollout --env buttons --tasks $IN,$OOD --episodes $EPISODES --max-steps $MAX_STEPS --size $SIZE --workers 2)

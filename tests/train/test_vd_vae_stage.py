@@ -161,6 +161,16 @@ def test_label_and_eval(setup, tmp_path, monkeypatch):
         # every correct token is a read code the truth uses, so the share can only be larger
         assert m["token_acc"] <= m["read_in_true"] <= 1 and 1 <= m["codes_read"] <= 64 >= m["codes_true"] >= 1
     assert (out / "latents_tsne.png").stat().st_size > 1000
+    assert [r["episodes"] for r in ev["datasets"]] == ["held-out episodes"] * 2  # both were trained on
+
+    # A video set the VD-VAE never trained on is read on all its episodes (here fewer than holdout_every).
+    _write_video(tmp_path / "unseen", n=3, seed=11)
+    out2 = tmp_path / "eval_unseen"
+    assert main(["eval", "vd-vae", "--vd-vae", str(vd), "--video-data", str(tmp_path / "unseen"),
+                 "--out", str(out2), "--tsne-points", "0"]) == 0  # fmt: skip
+    unseen = json.loads((out2 / "eval.json").read_text())["datasets"][1]
+    assert unseen["episodes"] == "all (not trained on)"
+    assert unseen["transitions"] == RobotDataset(tmp_path / "unseen").num_frames == unseen["vd_vae"]["items"]
 
 
 def test_label_a_video_smaller_than_the_holdout_period(setup, tmp_path, monkeypatch):

@@ -174,19 +174,27 @@ def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
         video_norm = norms[robot.index(stats_src)]
     else:
         video_norm = robot_normalizers(Path(cfg.vd_vae), meta, [stats_src], horizon, progress)[0]
+    # A dataset the VD-VAE trained on is read on its held-out episodes; one it never saw, on all of them.
+    trained = {Path(p).resolve() for key in ("robot_data", "video_data") for p in config.get(key, [])}
+
+    def evaluation_split(p, **kw):
+        if Path(p).resolve() in trained:
+            return load_transitions(p, horizon, holdout_every=holdout, progress=progress, **kw)[1], "held-out episodes"
+        return load_transitions(p, horizon, holdout_every=None, progress=progress, **kw)[0], "all (not trained on)"
+
     sets = []
     for p, norm in zip(robot, norms, strict=True):
-        _, held = load_transitions(p, horizon, normalizer=norm, holdout_every=holdout, progress=progress)
+        held, split = evaluation_split(p, normalizer=norm)
         held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
-        sets.append(("robot", p, held))
+        sets.append(("robot", p, held, split))
     for p in cfg.video_data:
-        _, held = load_transitions(p, horizon, holdout_every=holdout, progress=progress)
+        held, split = evaluation_split(p)
         attach_true_actions(held, Path(p), video_norm, horizon)
         held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
-        sets.append(("video", p, held))
+        sets.append(("video", p, held, split))
     results: dict = {"vd_vae": str(Path(cfg.vd_vae).resolve()), "datasets": []}
-    for kind, p, s in sets:
-        row = {"kind": kind, "data": str(Path(p).resolve()), "transitions": min(len(s), cfg.limit)}
+    for kind, p, s, split in sets:
+        row = {"kind": kind, "data": str(Path(p).resolve()), "episodes": split, "transitions": min(len(s), cfg.limit)}
         for name, (m, _) in models.items():
             row[name] = alignment_metrics(m, s, cfg.limit, cfg.batch_size, cfg.retrieval_batch)
         results["datasets"].append(row)
@@ -229,7 +237,7 @@ def plot_tsne(model, sets, points: int, path: Path) -> Path:
 
     feats, domain, task = [], [], []
     per = max(points // max(len(sets), 1), 10)
-    for kind, p, s in sets:
+    for kind, p, s, *_ in sets:
         ds = RobotDataset(p)
         for pos, b in iterate(s, 256, per):
             dev = next(model.parameters()).device
