@@ -22,7 +22,9 @@ POLICIES = {
     "videos_no_contrastive": ["videos_no_contrastive_s0"],
     "rf_km_before_videos": ["rf_km_before_videos"],
     "rf_km_after_videos": ["rf_km_after_videos"],
+    "oracle_labels": ["oracle_labels_s0"],  # diagnostic upper bound: the videos' true actions (not CLAP)
 }
+DIAGNOSTIC = {"oracle_labels"}
 
 
 def _pool(results: list[dict], tasks: list[str]) -> dict:
@@ -69,7 +71,8 @@ def summarize(out: Path, in_dist: list[str], ood: list[str]) -> dict:
                             "execution": o["failures"].get("execution", 0)},
                "failures_in_dist": {"wrong_target": i["failures"].get("wrong_target", 0),
                                     "execution": i["failures"].get("execution", 0)},
-               "runs": [f for f in files if (out / "eval" / f"{f}.json").exists()]}  # fmt: skip
+               "runs": [f for f in files if (out / "eval" / f"{f}.json").exists()],
+               "diagnostic": policy in DIAGNOSTIC}  # fmt: skip
         if len(results) > 1:
             row["per_seed"] = [
                 {"run": f, "ood": _pool([r], ood)["successes"], "in_dist": _pool([r], in_dist)["successes"],
@@ -93,9 +96,8 @@ def markdown(s: dict) -> str:
              "|---|---|---|---|"]  # fmt: skip
     for r in s["rows"]:
         f = r["failures"]
-        lines.append(
-            f"| {r['policy']} | {cell(r['ood'])} | {cell(r['in_dist'])} | {f['wrong_target']} / {f['execution']} |"
-        )
+        name = f"{r['policy']} (diagnostic)" if r.get("diagnostic") else r["policy"]
+        lines.append(f"| {name} | {cell(r['ood'])} | {cell(r['in_dist'])} | {f['wrong_target']} / {f['execution']} |")
     return "\n".join(lines) + "\n"
 
 
