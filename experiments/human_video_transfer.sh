@@ -35,6 +35,10 @@ NTP_STEPS=${NTP_STEPS:-1500}
 ADAPT_STEPS=${ADAPT_STEPS:-300}
 POST_STEPS=${POST_STEPS:-600}
 EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and policy
+# Evaluation seed block (scene seeds 1e9 + EVAL_SEED*1e6 + k, disjoint from every demonstration).
+# Block 0 was looked at by the pilot that replaced the head camera, block 1 is for choosing
+# settings; block 2 is the one no choice has seen.
+EVAL_SEED=${EVAL_SEED:-2}
 MAX_STEPS=${MAX_STEPS:-120}              # step budget per closed-loop episode (the expert needs 35-80)
 SIZE=${SIZE:-128}
 # The VD-VAE's student augmentation: per clip (both frames of a transition share the draw) and drawn
@@ -65,7 +69,8 @@ vd_vae() {
     --video-data $OUT/data/human_eval --out $OUT/vd_vae_$v/eval
   step $OUT/tokens/human_$v/meta.json label --vd-vae $OUT/vd_vae_$v --data $OUT/data/human --out $OUT/tokens/human_$v
 }
-ROLL=(eval rollout --env buttons --tasks $IN,$OOD --episodes $EPISODES --max-steps $MAX_STEPS --size $SIZE --workers 2)
+ROLL=(eval rollout --env buttons --tasks $IN,$OOD --episodes $EPISODES --max-steps $MAX_STEPS --size $SIZE --workers 2
+  --seed $EVAL_SEED)
 evaluate() {  # evaluate RUN_DIR: closed loop on every colour -> $OUT/eval/<name>.json
   step $OUT/eval/$(basename $1).json "${ROLL[@]}" --policy $1 --out $OUT/eval/$(basename $1).json
 }

@@ -146,7 +146,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _geoms_in_view(env, appearance) -> set[str]:
-    """Names of the geoms a segmentation render of the head camera sees."""
+    """Names of the geoms a segmentation render of the front camera sees."""
     import mujoco
 
     env.reset(1, appearance=appearance)
@@ -154,7 +154,7 @@ def _geoms_in_view(env, appearance) -> set[str]:
     r = mujoco.Renderer(model, 96, 96)
     try:
         r.enable_segmentation_rendering()
-        r.update_scene(env._env.data, camera="head", scene_option=env._scene_option)
+        r.update_scene(env._env.data, camera="front", scene_option=env._scene_option)
         seg = r.render()
     finally:
         r.close()
@@ -223,10 +223,10 @@ def test_human_domain_dataset_is_action_free_with_truth_aside(tmp_path: Path):
     try:
         t = truth[0]
         obs = e.reset(t["seed"], appearance=mw.human_appearance(t["seed"], **t["appearance"]))
-        first = ds.frames(0, "head", [0])[0]
-        robot = e.reset(t["seed"], appearance=mw.Appearance())["images"]["head"]
-        assert _psnr(first, obs["images"]["head"]) > 25  # h264 at 64 px
-        assert _psnr(first, obs["images"]["head"]) > _psnr(first, robot) + 5
+        first = ds.frames(0, "front", [0])[0]
+        robot = e.reset(t["seed"], appearance=mw.Appearance())["images"]["front"]
+        assert _psnr(first, obs["images"]["front"]) > 25  # h264 at 64 px
+        assert _psnr(first, obs["images"]["front"]) > _psnr(first, robot) + 5
     finally:
         e.close()
 

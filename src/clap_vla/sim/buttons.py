@@ -50,9 +50,12 @@ COLOURS: dict[str, tuple[float, float, float, float]] = {
 }
 TASKS = tuple(f"press-{c}-button" for c in COLOURS)
 TASK_SETS = {"all": TASKS}
-HEAD_CAMERA = ((0.0, 0.35, 1.0), (0.0, 0.66, 0.0))  # position, point looked at: above the robot, over the table
-CAMERAS = (*METAWORLD_CAMERAS, "head")
-DEFAULT_CAMERA = "head"  # the paper's head camera (§IV-A); the human domain films from near it (§V-A5)
+# Position and point looked at of the scene's main camera: across the table, facing the robot. From
+# above the robot (a head camera, tried first) the Sawyer's links cover most of the table at 128 px
+# once the arm reaches out; from here the buttons stay in view and the hand comes down in front of them.
+FRONT_CAMERA = ((0.0, 1.1, 0.65), (0.0, 0.6, 0.05))
+CAMERAS = (*METAWORLD_CAMERAS, "front")
+DEFAULT_CAMERA = "front"  # the human domain films from near it too (§V-A5: close to the robot's camera)
 FPS = 80
 MAX_STEPS = 150  # the expert needs 40-80 steps
 MAX_STEPS_LIMIT = 500
@@ -166,13 +169,13 @@ def _add_actor(spec) -> None:
     capsule(spec.body("leftclaw"), "finger", (0.0, 0.0, 0.0), (0.0, -0.01, -0.05), 0.011, SKIN)
 
 
-def _add_head_camera(spec) -> None:
-    pos, target = (np.asarray(v, dtype=float) for v in HEAD_CAMERA)
+def _add_front_camera(spec) -> None:
+    pos, target = (np.asarray(v, dtype=float) for v in FRONT_CAMERA)
     back = pos - target
     back /= np.linalg.norm(back)  # a camera looks along its -z axis
-    right = np.array([1.0, 0.0, 0.0])  # facing +y: image right is world +x
+    right = np.array([-1.0, 0.0, 0.0])  # facing -y (towards the robot): image right is world -x
     up = np.cross(back, right)
-    spec.worldbody.add_camera(name="head", pos=list(pos), xyaxes=[*right, *up], fovy=60.0)
+    spec.worldbody.add_camera(name="front", pos=list(pos), xyaxes=[*right, *up], fovy=55.0)
 
 
 @functools.cache
@@ -210,7 +213,7 @@ def _scene_class():
             spec.site("goal").delete()
             _add_buttons(spec)
             _add_actor(spec)
-            _add_head_camera(spec)
+            _add_front_camera(spec)
             model = spec.compile()
             model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
             model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
@@ -268,7 +271,7 @@ def _scene_class():
 
 class ButtonsEnv(MetaWorldEnv):
     """One colour's task in the buttons scene (`press-blue-button`): the `SimEnv` contract, with
-    Meta-World's action, state, cameras and appearances (sim/metaworld.py), plus a head camera."""
+    Meta-World's action, state, cameras and appearances (sim/metaworld.py), plus a front camera."""
 
     camera_names = CAMERAS
     default_camera = DEFAULT_CAMERA
