@@ -31,7 +31,8 @@ VIDEO_EPISODES=${VIDEO_EPISODES:-30}     # human videos per colour (IN and OOD)
 VD_EVAL_EPISODES=${VD_EVAL_EPISODES:-8}  # human videos per colour to measure the VD-VAE's reading on
 ACT_STEPS=${ACT_STEPS:-1500}
 VD_STEPS=${VD_STEPS:-1000}
-NTP_STEPS=${NTP_STEPS:-1500}
+NTP_STEPS=${NTP_STEPS:-3000}
+VISUAL_MERGE=${VISUAL_MERGE:-1}      # 1 = all 64 visual tokens (8 x 8 grid): the buttons must be localised
 ADAPT_STEPS=${ADAPT_STEPS:-300}
 POST_STEPS=${POST_STEPS:-600}
 EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and policy
@@ -74,7 +75,8 @@ ROLL=(eval rollout --env buttons --tasks $IN,$OOD --episodes $EPISODES --max-ste
 evaluate() {  # evaluate RUN_DIR: closed loop on every colour -> $OUT/eval/<name>.json
   step $OUT/eval/$(basename $1).json "${ROLL[@]}" --policy $1 --out $OUT/eval/$(basename $1).json
 }
-NTP=(train ntp --config ntp_small --act-vae $OUT/act_vae --train.steps $NTP_STEPS --model.vlm.visual-merge 2 --resume)
+NTP=(train ntp --config ntp_small --act-vae $OUT/act_vae --train.steps $NTP_STEPS --model.vlm.visual-merge $VISUAL_MERGE
+  --resume)
 R=(--robot-data $OUT/data/robot)
 POST=(train post --config post_small --ntp $OUT/ntp/robot_only_s0 --robot-data $OUT/data/robot
   --train.steps $POST_STEPS --train.lr 1e-3 --resume)

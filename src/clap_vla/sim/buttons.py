@@ -62,14 +62,16 @@ MAX_STEPS_LIMIT = 500
 ROBOT_TYPE_NAME = "sawyer"
 
 # Scene geometry, metres (world frame; the table top is z = 0).
-REGION_LOW, REGION_HIGH = (-0.25, 0.5), (0.25, 0.8)  # where button centres are drawn (x, y)
-MIN_SEPARATION = 0.15  # between button centres: an open gripper spans 0.1 m
-BASE_HALF = (0.045, 0.045, 0.02)  # grey base box
-CAP_RADIUS, CAP_HALF_HEIGHT = 0.03, 0.012
+REGION_LOW, REGION_HIGH = (-0.28, 0.5), (0.28, 0.82)  # where button centres are drawn (x, y)
+MIN_SEPARATION = 0.19  # between button centres: an open gripper spans 0.1 m, a base 0.12 m
+BASE_HALF = (0.06, 0.06, 0.02)  # grey base box
+# Large caps: at 128 px a 6 cm cap was about 8 pixels, and a from-scratch policy on frozen 8 x 8
+# features did not localise it (pilot: 1/20 in-distribution on validation seeds).
+CAP_RADIUS, CAP_HALF_HEIGHT = 0.045, 0.012
 CAP_REST_Z = 2 * BASE_HALF[2] + CAP_HALF_HEIGHT + 0.002  # cap centre at rest
 TRAVEL = 0.02  # how far a cap can be pushed down
 PRESS_DEPTH = 0.012  # pushed this far = pressed
-ENGAGE_RADIUS = 0.06  # the hand came down on a button: tool centre within this of its centre (xy) ...
+ENGAGE_RADIUS = 0.08  # the hand came down on a button: tool centre within this of its centre (xy) ...
 ENGAGE_HEIGHT = 0.05  # ... and within this above its cap's top
 HAND_INIT = (0.0, 0.4, 0.2)
 
