@@ -26,7 +26,7 @@ source "$(dirname "$0")/common.sh"
 OUT=${OUT:-outputs/exp_human_video_transfer}
 IN=${IN:-red,green}                      # colours with robot demonstrations
 OOD=${OOD:-blue,yellow}                  # colours seen only in human videos
-ROBOT_EPISODES=${ROBOT_EPISODES:-40}     # robot demonstrations per IN colour
+ROBOT_EPISODES=${ROBOT_EPISODES:-150}    # robot demonstrations per IN colour
 VIDEO_EPISODES=${VIDEO_EPISODES:-30}     # human videos per colour (IN and OOD)
 VD_EVAL_EPISODES=${VD_EVAL_EPISODES:-8}  # human videos per colour to measure the VD-VAE's reading on
 ACT_STEPS=${ACT_STEPS:-1500}
