@@ -72,7 +72,9 @@ class SimEnv(Protocol):
     # `hold_action() -> (n*7,)`, the row that keeps the robot still (the `noop` policy uses
     # it); `random_action(rng) -> (n*7,)`, a random row in the env's action mode (the `random` policy
     # uses it when present); `to_native(row)` / `from_native(command)`, the conversion to the
-    # simulator's command; `trial: int`, an env-specific episode index the results report (LIBERO).
+    # simulator's command; `trial: int`, an env-specific episode index the results report (LIBERO);
+    # `episode_info(success) -> dict`, what the episode did, stored with its outcome (buttons: which
+    # button it went for and Table III's failure mode under "failure", which the harness counts).
 
 
 def steps_without_render(env: SimEnv) -> bool:
