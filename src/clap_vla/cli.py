@@ -67,7 +67,7 @@ COMMANDS = [
     Command(
         "data",
         "gen",
-        "Scripted-expert demonstrations from a simulator (metaworld, robosuite) as a LeRobot dataset",
+        "Scripted-expert demonstrations from a simulator (metaworld, buttons, robosuite) as a LeRobot dataset",
         "clap_vla.configs.sim:GenConfig",
         "clap_vla.stages.data_gen:run",
         "clap_vla.configs.sim:GEN_PRESETS",
