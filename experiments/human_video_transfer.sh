@@ -88,7 +88,8 @@ step - "${NTP[@]}" "${R[@]}" --train.seed 0 --video-tokens $OUT/tokens/human_sig
   --out $OUT/ntp/videos_siglip_s0 && evaluate $OUT/ntp/videos_siglip_s0
 # Diagnostic upper bound, not a CLAP result: the same human-look episodes WITH their true actions
 # (--human-keep-actions renders the same seeds), as robot data at the videos' weight. Tells whether a
-# failure to transfer lies in the VD-VAE's labels or in the policy.
+# failure to transfer lies in the VD-VAE's labels or in the policy. (The Act-VAE did not train on
+# that dataset, so train ntp fits its action normalisation afresh: same expert, near-equal stats.)
 if [[ ${ORACLE:-1} == 1 ]]; then
   step $OUT/data/human_oracle/meta/info.json "${GEN[@]}" --domain human --human-keep-actions --tasks $IN,$OOD \
     --episodes $VIDEO_EPISODES --out $OUT/data/human_oracle

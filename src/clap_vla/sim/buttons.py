@@ -281,11 +281,13 @@ class ButtonsEnv(MetaWorldEnv):
     def __init__(self, task: str, *, size: int = 128, cameras=None, max_steps: int = MAX_STEPS, **kwargs) -> None:
         super().__init__(task, size=size, cameras=cameras, max_steps=max_steps, **kwargs)
         self.colour = colour_of(self.task)
-        self.instruction = instruction_for(self.colour)
 
     def _resolve_task(self, task: str) -> str:
         (name,) = resolve_tasks(task)
         return name
+
+    def _instruction(self) -> str:
+        return instruction_for(colour_of(self.task))
 
     def _make_sim(self):
         return _scene_class()(colour_of(self.task))

@@ -171,7 +171,7 @@ class MetaWorldEnv:
         if not 0 < max_steps <= MAX_STEPS_LIMIT:
             raise ConfigError(f"max_steps must be in 1..{MAX_STEPS_LIMIT}, got {max_steps}")
         self.size, self.max_steps = size, max_steps
-        self.instruction = TASK_TEXT[self.task].instruction if self.task in TASK_TEXT else ""
+        self.instruction = self._instruction()
 
         env = self._make_sim()
         # Goal-observable and seeded: the placement is drawn from env.np_random, which reset(seed)
@@ -218,6 +218,9 @@ class MetaWorldEnv:
     def _resolve_task(self, task: str) -> str:
         (name,) = resolve_tasks(task)
         return name
+
+    def _instruction(self) -> str:
+        return TASK_TEXT[self.task].instruction
 
     def _make_sim(self):
         """The Meta-World environment object (a `SawyerXYZEnv`) of `self.task`."""

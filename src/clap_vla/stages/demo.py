@@ -254,12 +254,15 @@ def build_report(cfg: DemoConfig, timings: dict) -> dict:
         per = {t: r["tasks"][t]["success_rate"] for t in r["tasks"]}
         sets = {}
         for label, tasks in (("A", cfg.tasks_a), ("B", cfg.tasks_b)):
-            outcomes = [x for t in tasks for x in r["tasks"][t]["outcomes"]]
+            outcomes = [x["success"] for t in tasks for x in r["tasks"][t]["outcomes"]]
             if outcomes:
-                sets[label] = _rate([x["success"] for x in outcomes])
-                modes = [x["info"]["failure"] for x in outcomes if (x.get("info") or {}).get("failure")]
-                if any("info" in x for x in outcomes):  # Table III's failure modes, where the env has them
-                    sets[label]["failures"] = {m: modes.count(m) for m in sorted(set(modes))}
+                sets[label] = _rate(outcomes)
+                if any("failures" in r["tasks"][t] for t in tasks):  # Table III's modes, where the env has them
+                    fails: dict[str, int] = {}
+                    for t in tasks:
+                        for mode, n in r["tasks"][t].get("failures", {}).items():
+                            fails[mode] = fails.get(mode, 0) + n
+                    sets[label]["failures"] = fails
         success[name] = {"per_task": per, "sets": sets, "episodes_per_task": cfg.eval_episodes}
     video = _report_video(ev)
     return {
