@@ -32,7 +32,7 @@ VD_EVAL_EPISODES=${VD_EVAL_EPISODES:-8}  # human videos per colour to measure th
 ACT_STEPS=${ACT_STEPS:-1500}
 VD_STEPS=${VD_STEPS:-1000}
 NTP_STEPS=${NTP_STEPS:-3000}
-VISUAL_MERGE=${VISUAL_MERGE:-1}      # 1 = all 64 visual tokens (8 x 8 grid): the buttons must be localised
+VISUAL_MERGE=${VISUAL_MERGE:-2}      # 2: 16 visual tokens (each a 2 x 2 block of the 8 x 8 grid), with 2-D position features
 ADAPT_STEPS=${ADAPT_STEPS:-300}
 POST_STEPS=${POST_STEPS:-600}
 EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and policy

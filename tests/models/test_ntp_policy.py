@@ -275,3 +275,51 @@ def test_tiny_qwen3_vl_inside_the_model_trains_and_decodes(model_dir):
     m.eval()
     _, acts, _ = m.generate(pix, [text.prompt("sawyer", INSTR[0])] * B, [NQ] * B)
     assert all(len(a) == NQ and all(m.act_offset <= x < m.act_offset + 16 for x in a) for a in acts)
+
+
+def test_grid_position_features_match_a_float64_loop_and_tell_every_cell_apart():
+    from math import cos, pi, sin
+
+    from clap_vla.nn.vlm import grid_position_features
+
+    side, freqs = 5, 3
+    got = grid_position_features(side, freqs)
+    assert got.shape == (side * side, 4 * freqs) and got.dtype == torch.float32
+    for r in range(side):
+        for c in range(side):
+            ur, uc = [(v + 0.5) / side * 2 - 1 for v in (r, c)]
+            want = [sin(pi / 2 * 2**k * ur) for k in range(freqs)] + [cos(pi / 2 * 2**k * ur) for k in range(freqs)]
+            want += [sin(pi / 2 * 2**k * uc) for k in range(freqs)] + [cos(pi / 2 * 2**k * uc) for k in range(freqs)]
+            torch.testing.assert_close(got[r * side + c], torch.tensor(want, dtype=torch.float32))
+    assert torch.cdist(got, got).add(torch.eye(side * side) * 9).min() > 0.1  # no two cells alike
+
+
+@pytest.mark.parametrize("pos", ["none", "sincos2d"])
+def test_visual_position_features_say_where_a_patch_is(pos):
+    """Moving a patch to another cell only reorders the visual tokens without position features; with
+    `sincos2d` the token a patch becomes depends on its cell (so the LM can read where a coloured
+    button is). The projector reads the features plus 4*POS_FREQS position channels."""
+    from clap_vla.nn.vlm import POS_FREQS
+
+    cfg = NTPConfig(vlm=VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus", visual_pos=pos),
+                    codes_per_arm=NQ, num_codes=K)  # fmt: skip
+    m = NTPModel(cfg, tokenizer=tokenizer(), seed=0).eval()
+    assert m.vlm.projector[0].in_features == C + (4 * POS_FREQS if pos == "sincos2d" else 0)
+    vis = torch.randn(1, 1, 4, C)
+    swapped = vis[:, :, [3, 1, 2, 0]]
+    ids = torch.tensor([TextTokens(m.tokenizer, m.act_offset).prompt("sawyer", INSTR[0])])
+    mask = torch.ones(1, 4 + ids.shape[1], dtype=torch.long)
+    with torch.no_grad():
+        h1, h2 = (m.vlm(v, ids, mask, output_hidden_states=True).hidden_states[0][0, :4] for v in (vis, swapped))
+    same_tokens = torch.allclose(h1[[3, 1, 2, 0]], h2, atol=1e-6)
+    assert same_tokens == (pos == "none")
+    with pytest.raises(ConfigError, match="visual_pos"):
+        VLMConfig("tiny", visual_pos="learned")
+
+
+def test_artifacts_saved_before_visual_positions_load_without_them():
+    from clap_vla.nn.vlm import vlm_config_from_saved
+
+    old = {k: v for k, v in vars(VLMConfig("tiny")).items() if k != "visual_pos"}
+    assert vlm_config_from_saved(old).visual_pos == "none"
+    assert vlm_config_from_saved(vars(VLMConfig("tiny"))).visual_pos == "sincos2d"

@@ -74,6 +74,29 @@ def test_button_positions_are_drawn_per_episode_and_kept_apart(env):
     assert (spread > 0.03).all()
 
 
+def test_the_hand_starts_at_a_place_drawn_per_episode(env):
+    """From one fixed start the arm's place would tell where it is heading, and a policy could skip
+    the instruction; each seed draws the start (after the buttons, whose places it leaves alone)."""
+    starts = []
+    for seed in range(6):
+        env.reset(seed)
+        tcp, start = np.asarray(env._env.tcp_center), env._env.hand_init_pos
+        assert (start >= np.array(bt.HAND_START_LOW)).all() and (start <= np.array(bt.HAND_START_HIGH)).all()
+        # The hand got there (the tool centre sits 5 cm below the mocap point the start names).
+        np.testing.assert_allclose(tcp, start - [0.0, 0.0, 0.05], atol=0.01)
+        starts.append(tcp)
+    assert np.stack(starts).std(0).min() > 0.02
+    env.reset(4)
+    np.testing.assert_allclose(env._env.tcp_center, starts[4], atol=1e-9)  # a seed fixes the start
+    other = bt.make("press-red-button", size=SIZE)
+    try:
+        other.reset(4)  # the same seed, another instruction: the same scene and start
+        np.testing.assert_allclose(other._env.tcp_center, starts[4], atol=1e-9)
+        np.testing.assert_array_equal(other._env.positions, env._env.positions)
+    finally:
+        other.close()
+
+
 @pytest.mark.parametrize("colour", list(bt.COLOURS))
 def test_expert_presses_the_named_button(colour):
     e = bt.make(colour, size=SIZE)

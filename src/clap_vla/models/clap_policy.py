@@ -242,7 +242,7 @@ def load_clap(artifact, device: str | torch.device = "cpu") -> tuple[ClapModel, 
 
     from clap_vla.errors import ClapError
     from clap_vla.models.ntp_policy import NTPConfig
-    from clap_vla.nn.vlm import VLMConfig
+    from clap_vla.nn.vlm import vlm_config_from_saved
     from clap_vla.train import checkpoint as ck
 
     artifact = Path(artifact)
@@ -250,7 +250,7 @@ def load_clap(artifact, device: str | torch.device = "cpu") -> tuple[ClapModel, 
     if "clap" not in config or "ntp_model" not in config:
         raise ClapError(f"{artifact / ck.CONFIG}: not a CLAP-RF artifact (no 'clap' / 'ntp_model' section)")
     m = dict(config["ntp_model"])
-    ntp_cfg = NTPConfig(**{**m, "vlm": VLMConfig(**m["vlm"])})
+    ntp_cfg = NTPConfig(**{**m, "vlm": vlm_config_from_saved(m["vlm"])})
     policy = NTPModel(
         ntp_cfg, hf_config=config["hf_config"], tokenizer=AutoTokenizer.from_pretrained(artifact / "tokenizer")
     )

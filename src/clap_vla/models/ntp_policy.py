@@ -222,7 +222,7 @@ def load_ntp(artifact, device: str | torch.device = "cpu") -> tuple[NTPModel, di
     from transformers import AutoTokenizer
 
     from clap_vla.errors import ClapError
-    from clap_vla.nn.vlm import VLMConfig
+    from clap_vla.nn.vlm import vlm_config_from_saved
     from clap_vla.train import checkpoint as ck
 
     artifact = Path(artifact)
@@ -230,7 +230,7 @@ def load_ntp(artifact, device: str | torch.device = "cpu") -> tuple[NTPModel, di
     if "hf_config" not in config or "model" not in config:
         raise ClapError(f"{artifact / ck.CONFIG}: not a CLAP-NTP artifact (no 'model' / 'hf_config' section)")
     m = dict(config["model"])
-    cfg = NTPConfig(**{**m, "vlm": VLMConfig(**m["vlm"])})
+    cfg = NTPConfig(**{**m, "vlm": vlm_config_from_saved(m["vlm"])})
     tok_dir = artifact / "tokenizer"
     if not tok_dir.exists():
         raise ClapError(f"{tok_dir}: missing; the artifact is incomplete (was its training killed before step 0?)")

@@ -33,6 +33,30 @@ ACTION_TOKEN = "<ACT_{}>"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NEW_ROW_NOISE = 0.02  # new embedding rows: mean of the existing rows + 2% of their std (reference facts)
 
+VISUAL_POS = ("sincos2d", "none")
+POS_FREQS = 8  # sincos2d: frequencies per axis -> 4 * POS_FREQS features per visual token
+
+
+def vlm_config_from_saved(d: dict) -> "VLMConfig":
+    """The VLMConfig an artifact's meta.json saved; fields added since default to the behaviour the
+    artifact was trained with (no visual position features)."""
+    return VLMConfig(**{"visual_pos": "none", **d})
+
+
+def grid_position_features(side: int, freqs: int = POS_FREQS) -> torch.Tensor:
+    """(side*side, 4*freqs) fixed features of the cells of a row-major side x side grid: for the
+    row and the column coordinate u in (-1, 1) (cell centres), sin(2^k pi u / 2) and cos(2^k pi u / 2)
+    for k = 0..freqs-1. Distinct for every cell, smooth at low k (as ViT-style 2-D sincos
+    embeddings, here fed to the projector rather than added)."""
+    u = (torch.arange(side, dtype=torch.float64) + 0.5) / side * 2 - 1  # (side,)
+    w = torch.pi / 2 * 2.0 ** torch.arange(freqs, dtype=torch.float64)  # (freqs,)
+    a = u[:, None] * w[None]  # (side, freqs)
+    axis = torch.cat([a.sin(), a.cos()], 1)  # (side, 2 freqs)
+    rows = axis[:, None, :].expand(side, side, -1)
+    cols = axis[None, :, :].expand(side, side, -1)
+    return torch.cat([rows, cols], -1).reshape(side * side, 4 * freqs).float()
+
+
 # name -> Llama config fields (hidden, layers, heads, kv heads, ffn). smollm2-135m comes from the GGUF.
 LLAMA_PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -58,6 +82,13 @@ class VLMConfig:
     text, see `corpus_tokenizer`; from-scratch builds only). Qwen3-VL always uses its own."""
     corpus_vocab: int = 1024
     """Vocabulary cap of the corpus tokenizer."""
+    visual_pos: str = "sincos2d"
+    """Where each visual token sits in the image, for the Llama builds: ``sincos2d`` appends fixed 2-D
+    sine/cosine features of its (row, column) on the patch grid to its frame features before the
+    projector; ``none`` feeds the features alone. The frozen CNN's features say little about absolute
+    position and the LM's 1-D RoPE only orders tokens, so without it the policy can see that a red
+    patch exists but not where it is (the buttons testbed: docs/results.md). Qwen3-VL's vision tower
+    has its own 2-D position encoding. Artifacts saved before this option load as ``none``."""
     visual_merge: int = 1
     """r: each r x r block of neighbouring patches becomes one visual token whose features are the
     block's r*r feature vectors concatenated (pixel shuffle, as SmolVLM does before its projector).
@@ -77,6 +108,8 @@ class VLMConfig:
             raise ConfigError(f"num_action_tokens must be >= 2, got {self.num_action_tokens}")
         if self.visual_merge < 1:
             raise ConfigError(f"visual_merge must be >= 1, got {self.visual_merge}")
+        if self.visual_pos not in VISUAL_POS:
+            raise ConfigError(f"visual_pos must be one of {', '.join(VISUAL_POS)}, got {self.visual_pos!r}")
         if self.visual_merge > 1 and self.name not in LLAMA_PRESETS and self.name != "smollm2-135m":
             raise ConfigError(
                 f"visual_merge is for the Llama builds; {self.name} merges patches in its own vision tower"
@@ -216,15 +249,21 @@ class LlamaVLM(nn.Module):
 
     uses_pixels = False
 
-    def __init__(self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int, merge: int = 1):
+    def __init__(
+        self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int, merge: int = 1, visual_pos: str = "none"
+    ):
         super().__init__()
         self.lm = lm  # LlamaForCausalLM
         self.tokenizer = tokenizer
         self.act_offset = act_offset
         E = lm.config.hidden_size
-        self.projector = nn.Sequential(nn.Linear(visual_dim * merge * merge, E), nn.GELU(), nn.Linear(E, E))
+        self.pos_dim = 4 * POS_FREQS if visual_pos == "sincos2d" else 0
+        self.projector = nn.Sequential(
+            nn.Linear(visual_dim * merge * merge + self.pos_dim, E), nn.GELU(), nn.Linear(E, E)
+        )
         self.visual_dim = visual_dim
         self.merge = merge
+        self.visual_pos = visual_pos
 
     @property
     def hidden_size(self) -> int:
@@ -280,6 +319,13 @@ class LlamaVLM(nn.Module):
                 raise ValueError(f"visual features have {C} channels; the projector expects {self.visual_dim}")
             visual = self.merge_patches(visual)  # (B, N, P', C') with P' = P / r^2, C' = C r^2
             P, C = visual.shape[2:]
+            if self.pos_dim:
+                g = round(P**0.5)
+                if g * g != P:
+                    raise ValueError(f"visual_pos={self.visual_pos} needs a square patch grid; got {P} patches")
+                pos = grid_position_features(g).to(visual.device, visual.dtype)  # (P', pos_dim)
+                visual = torch.cat([visual, pos.expand(B, N, P, self.pos_dim)], -1)
+                C = C + self.pos_dim
             vis = self.projector(visual.reshape(B, N * P, C).to(emb.dtype))  # (B, N*P', E)
             emb = torch.cat([vis, emb], 1)
             text_start = N * P
@@ -366,7 +412,7 @@ def build_vlm(cfg: VLMConfig, hf_config: dict | None = None, tokenizer=None, see
             f"{offset + cfg.num_action_tokens} the action vocabulary needs"
         )
     torch.manual_seed(seed + 1)
-    return LlamaVLM(lm, tok, offset, cfg.visual_dim, cfg.visual_merge)
+    return LlamaVLM(lm, tok, offset, cfg.visual_dim, cfg.visual_merge, cfg.visual_pos)
 
 
 def param_count(m: nn.Module) -> int:

@@ -73,7 +73,14 @@ TRAVEL = 0.02  # how far a cap can be pushed down
 PRESS_DEPTH = 0.012  # pushed this far = pressed
 ENGAGE_RADIUS = 0.08  # the hand came down on a button: tool centre within this of its centre (xy) ...
 ENGAGE_HEIGHT = 0.05  # ... and within this above its cap's top
-HAND_INIT = (0.0, 0.4, 0.2)
+HAND_INIT = (0.0, 0.4, 0.2)  # where the hand is built; each episode starts it at a random place:
+# From one fixed start, where the arm is in a frame already says where it is heading (on the line
+# from the start to the target), so a policy could imitate well while ignoring the instruction and
+# only the first frames need it (causal confusion); it then picks a button by the image alone
+# (docs/results.md, pilot 5). A start drawn per episode leaves the instruction as the only way to know
+# the target for most of the reach.
+HAND_START_LOW = (-0.2, 0.36, 0.15)
+HAND_START_HIGH = (0.2, 0.46, 0.25)
 
 # Human-domain defaults for this scene (the paper's protocol; `clap data gen` flags override them).
 HUMAN_DEFAULTS = {"camera_jitter": 0.01, "light_jitter": 0.15, "table_tint": False, "arm": "actor"}
@@ -251,6 +258,7 @@ def _scene_class():
                 self.data.qpos[self._press_qpos[c]] = 0.0
                 self.data.qvel[self._press_qvel[c]] = 0.0
             mujoco.mj_forward(self.model, self.data)
+            self.hand_init_pos = self.np_random.uniform(HAND_START_LOW, HAND_START_HIGH)  # after the buttons' draw
             self._reset_hand()
             self.first_pressed = self.first_engaged = None
             self._target_pos = self.cap_top(self.target)
