@@ -36,41 +36,43 @@ class DemoConfig:
     """Simulator processes for data generation and closed-loop evaluation."""
     act_vae: str = "act_vae_cpu"
     """`clap train act-vae` preset."""
-    act_vae_steps: int = 700
+    act_vae_steps: int = 450
     rate_distortion: str = "cpu"
     """`clap eval rate-distortion` preset (its small Act-VAE is trained once per grid point)."""
     rd_grid: tuple[int, ...] = (4, 256, 8, 256, 16, 256)
     """Rate-distortion points as flat (Nq, K) pairs (`clap eval rate-distortion --grid`)."""
-    rd_steps: int = 250
+    rd_steps: int = 150
     """Training steps per rate-distortion point (the `cpu` preset's small Act-VAE)."""
     vd_vae: str = "vd_vae_small"
     """`clap train vd-vae` preset."""
-    vd_vae_steps: int = 200
+    vd_vae_steps: int = 160
     ntp: str = "ntp_small"
     """`clap train ntp` preset."""
-    ntp_steps: int = 600
+    ntp_steps: int = 450
     visual_merge: int = 2
     """CLAP-NTP reads each 2x2 block of the frame encoder's 8x8 patch grid as one visual token (16
     tokens instead of 64, same features; `--model.vlm.visual-merge`). NTP steps run 1.7x faster in
     fp32 and held-out token accuracy is no worse (docs/quickstart.md)."""
     post: str = "post_small"
     """`clap train post` preset."""
-    adapt_steps: int = 50
+    adapt_steps: int = 40
     """Post-training stage 1 (NTP adaptation on robot tokens + video pseudo tokens)."""
-    post_steps: int = 400
+    post_steps: int = 250
     """Post-training stage 2 (RF head + Knowledge Matching)."""
     post_lr: float = 1e-3
     """Peak learning rate of stage 2 (post_small's 5e-4 is for its 2000 steps; the short demo run
     reached 23.6 dB chunks and 0% success with 300 steps at 5e-4, 24.9 dB and 15% on set A with 500
-    steps at 1e-3, 24.3 dB and 25% with the 400 steps here over merged visual tokens)."""
+    steps at 1e-3, 24.3 dB and 25% with 400 steps over merged visual tokens, on the earlier demo's
+    Meta-World tasks). The step counts here keep `make demo` within 15 minutes on a 2-core CPU with
+    bf16 units (README)."""
     batch_size: int = 32
     """Batch size of every training step except the Act-VAE's (its preset's)."""
     holdout_every: int = 10
     """Every n-th episode is held out of training (for the held-out metrics)."""
     eval_episodes: int = 5
     """Closed-loop episodes per task and policy."""
-    eval_max_steps: int = 200
-    """Step budget per closed-loop episode."""
+    eval_max_steps: int = 120
+    """Step budget per closed-loop episode (the expert needs 27-80 steps)."""
     latency_repeats: int = 10
     progress: bool = True
     """Progress bars inside each step."""

@@ -37,7 +37,7 @@ VISUAL_POS = ("sincos2d", "none")
 POS_FREQS = 8  # sincos2d: frequencies per axis -> 4 * POS_FREQS features per visual token
 
 
-def vlm_config_from_saved(d: dict) -> "VLMConfig":
+def vlm_config_from_saved(d: dict) -> VLMConfig:
     """The VLMConfig an artifact's meta.json saved; fields added since default to the behaviour the
     artifact was trained with (no visual position features)."""
     return VLMConfig(**{"visual_pos": "none", **d})
