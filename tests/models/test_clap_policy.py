@@ -205,10 +205,10 @@ def test_overfit_one_batch_flow():
     opt = build_optimizer(m, 3e-3, 0.0)
     torch.manual_seed(0)
     first = None
-    for _ in range(150):
+    for _ in range(250):  # the flow loss draws t and noise afresh each step: 150 steps left it near 0.35x
         loss, metrics = m.compute_loss(b)
         first = first if first is not None else metrics["flow"].item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert metrics["flow"].item() < 0.35 * first
+    assert metrics["flow"].item() < 0.25 * first
