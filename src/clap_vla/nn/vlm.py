@@ -86,9 +86,9 @@ class VLMConfig:
     """Where each visual token sits in the image, for the Llama builds: ``sincos2d`` appends fixed 2-D
     sine/cosine features of its (row, column) on the patch grid to its frame features before the
     projector; ``none`` feeds the features alone. The frozen CNN's features say little about absolute
-    position and the LM's 1-D RoPE only orders tokens, so without it the policy can see that a red
-    patch exists but not where it is (the buttons testbed: docs/results.md). Qwen3-VL's vision tower
-    has its own 2-D position encoding. Artifacts saved before this option load as ``none``."""
+    position and the LM's 1-D RoPE only orders tokens, so without it the LM has no direct way to tell
+    where a red patch is (a ViT tower, SigLIP or Qwen3-VL's own, carries 2-D position; this stands
+    in for it; docs/ntp.md). Artifacts saved before this option load as ``none``."""
     visual_merge: int = 1
     """r: each r x r block of neighbouring patches becomes one visual token whose features are the
     block's r*r feature vectors concatenated (pixel shuffle, as SmolVLM does before its projector).
