@@ -361,9 +361,11 @@ KL_DIRECTIONS = ("policy_ref", "ref_policy")
 
 
 def knowledge_matching_kl(policy_logits: Tensor, ref_logits: Tensor, direction: str = "policy_ref") -> Tensor:
-    """Knowledge Matching (paper eq. 7): mean over the M action-token positions of the KL divergence
-    between the trainable policy's next-token distribution and the frozen reference's, over the whole
-    vocabulary. `policy_ref` is the paper's KL(p_policy || p_ref) = sum p_pol (log p_pol - log p_ref);
+    """Knowledge Matching (paper eq. 7): mean over M teacher-forced positions (the caller picks them:
+    every target token, or the action tokens only) of the KL divergence between the trainable
+    policy's next-token distribution and the frozen reference's, over the whole vocabulary. Eq. 7
+    sums over the positions; the mean is the release's normalisation, the one its alpha was set for.
+    `policy_ref` is the paper's KL(p_policy || p_ref) = sum p_pol (log p_pol - log p_ref);
     `ref_policy` is KL(p_ref || p_policy). Logits (M, V); computed in fp32 (at least); the reference
     is treated as a constant (no gradient reaches it)."""
     if policy_logits.shape != ref_logits.shape:

@@ -124,6 +124,66 @@ def test_both_context_modes_train_the_head_and_km_keeps_the_reference_frozen(con
     assert metrics["kl"].item() > 0  # the policy moved away from the reference
 
 
+def _km_loop(m, b, which: str, direction: str) -> float:
+    """Eq. 7 by hand in float64: per sample, per position j whose next token j+1 is a target token
+    (every one, or the action tokens), KL over the vocabulary; mean over the pooled positions."""
+    pol, ref = m.policy, m.reference
+    with torch.no_grad():
+        logits = []
+        for model in (pol, ref):
+            out = model.vlm(b.visual, b.input_ids, model.full_mask(b))
+            logits.append(model.vlm.logits(out.hidden[:, out.text_start :]).double())  # (B, T, V)
+    kls = []
+    for i in range(b.input_ids.shape[0]):
+        for j in range(b.input_ids.shape[1] - 1):
+            y = int(b.labels[i, j + 1])
+            if y == -100 or (which == "action" and y < pol.act_offset):
+                continue
+            lp, lq = torch.log_softmax(logits[0][i, j], -1), torch.log_softmax(logits[1][i, j], -1)
+            if direction == "ref_policy":
+                lp, lq = lq, lp
+            kls.append(float((lp.exp() * (lp - lq)).sum()))
+    return float(np.mean(kls)), len(kls)
+
+
+@pytest.mark.parametrize("direction", ["policy_ref", "ref_policy"])
+def test_km_reads_every_target_token_as_a_float64_loop_does(direction):
+    m, b, _ = models("hidden", kl_direction=direction)
+    with torch.no_grad():  # move the policy off the reference, everywhere
+        g = torch.Generator().manual_seed(5)
+        for p in m.policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    kl = {}
+    for which in ("target", "action"):
+        m.cfg = type(m.cfg)(rf=m.cfg.rf, kl_direction=direction, km_tokens=which)
+        _, metrics = m.compute_loss(b)
+        want, n = _km_loop(m, b, which, direction)
+        assert abs(metrics["kl"].item() - want) < 1e-5 * max(1.0, want), (which, metrics["kl"].item(), want)
+        kl[which] = (metrics["kl"].item(), n)
+    # Subtask text is part of the target (eq. 7's L_y), so the two modes read different positions.
+    assert kl["target"][1] > kl["action"][1] and abs(kl["target"][0] - kl["action"][0]) > 1e-4
+    # Prompt and padding positions contribute nothing: over every position the mean differs...
+    with torch.no_grad():
+        outs = [mm.vlm(b.visual, b.input_ids, mm.full_mask(b)) for mm in (m.policy, m.reference)]
+        lp, lq = (torch.log_softmax(mm.vlm.logits(o.hidden[:, o.text_start :]).double(), -1)
+                  for mm, o in zip((m.policy, m.reference), outs, strict=True))  # fmt: skip
+        if direction == "ref_policy":
+            lp, lq = lq, lp
+        everywhere = (lp.exp() * (lp - lq)).sum(-1).mean().item()
+    assert abs(everywhere - kl["target"][0]) > 1e-4
+    # ...and changing the padding's token ids leaves KM unchanged.
+    pad = b.attention_mask == 0
+    assert pad.any()
+    b.input_ids[pad] = (b.input_ids[pad] + 3) % m.policy.act_offset
+    _, metrics = m.compute_loss(b)
+    assert abs(metrics["kl"].item() - kl["action"][0]) < 1e-6
+
+
+def test_km_tokens_must_be_known():
+    with pytest.raises(Exception, match="km_tokens"):
+        ClapConfig(km_tokens="subtask")
+
+
 def test_knowledge_insulation_detaches_the_context():
     m, b, _ = models("kv", km_weight=0.0, ki=True)
     opt = build_optimizer(m, 1e-3, 0.0)

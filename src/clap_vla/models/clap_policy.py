@@ -2,12 +2,13 @@
 (paper §III-E, eq. 7, Algorithm 4 stage 2).
 
     loss = L_flow(head(x_t, t | VLM prefix), eps - a)                          (models/rf_head.py)
-         + alpha * mean_action_positions KL(p_policy || p_ref)                 (KM, eq. 7; alpha 0.005)
+         + alpha * mean_target_positions KL(p_policy || p_ref)                 (KM, eq. 7; alpha 0.005)
 
 The policy branch is the (stage-1 adapted) NTP model and trains; the reference is a frozen copy of
-it. KM reads both models' next-token distributions at the action-token positions of the
-ground-truth token sequence (teacher forcing), so the policy keeps speaking action tokens while
-its layers learn to serve the flow head. Ablations (Table VI): `km_weight=0` is plain fine-tuning;
+it. KM reads both models' next-token distributions at the target positions of the ground-truth
+sequence, subtask text and action tokens (teacher forcing; `km_tokens="action"` keeps the action
+tokens only, as the release does), so the policy keeps speaking its subtasks and action tokens
+while its layers learn to serve the flow head. Ablations (Table VI): `km_weight=0` is plain fine-tuning;
 `ki=True` is knowledge insulation: the head reads a detached context, and the VLM learns only from
 the token loss on the ground-truth action tokens.
 
@@ -40,6 +41,7 @@ from clap_vla.models.rf_head import (
 from clap_vla.types import ARM_DIM, NUM_ARMS, NTPBatch
 
 REFERENCE = "reference"
+KM_TOKENS = ("target", "action")
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,14 @@ class ClapConfig:
     km_weight: float = 0.005
     """alpha of Knowledge Matching (release: 0.005); 0 = off (plain fine-tuning)."""
     kl_direction: str = "policy_ref"
-    """policy_ref = KL(p_policy || p_ref), the paper's eq. 7; ref_policy = the reverse."""
+    """policy_ref = KL(p_policy || p_ref), the paper's eq. 7; ref_policy = the reverse (the release's
+    default: the reference is the target of its kl_div)."""
+    km_tokens: str = "target"
+    """Where Knowledge Matching reads the KL: "target" = every target token of the NTP output, subtask
+    text and action tokens (eq. 7's l = 1..L_y, Fig. 3's blue blocks); "action" = the action tokens
+    only (the release, whose post-training batches carry no subtask text). Either way the KL is
+    averaged over the positions pooled across the batch, as the release does and as its alpha = 0.005
+    was set for: eq. 7's sum over l equals L_y times this mean, so alpha_sum = alpha / L_y."""
     ki: bool = False
     """Knowledge insulation: the head's context is detached; the VLM trains on the action-token CE."""
     token_weight: float = 1.0
@@ -60,6 +69,8 @@ class ClapConfig:
             raise ConfigError(f"km_weight and token_weight must be >= 0, got {self.km_weight}, {self.token_weight}")
         if self.kl_direction not in KL_DIRECTIONS:
             raise ConfigError(f"kl_direction must be one of {KL_DIRECTIONS}, got {self.kl_direction!r}")
+        if self.km_tokens not in KM_TOKENS:
+            raise ConfigError(f"km_tokens must be one of {KM_TOKENS}, got {self.km_tokens!r}")
         if self.ki and self.km_weight > 0:
             raise ConfigError("ki and km are alternatives (Table VI): set km_weight 0 with ki")
 
@@ -166,24 +177,29 @@ class ClapModel(nn.Module):
         mask = batch.action_valid[:, :, None] & batch.arm_mask[:, None, :]  # (B, H, A)
         flow = flow_matching_loss(v.reshape(a.shape), noise, a, mask)
         loss = flow
-        # Next-token distributions at the ground-truth action-token positions (teacher forcing).
+        # Next-token distributions at the ground-truth target positions (teacher forcing): subtask
+        # text and action tokens, in row-major order (the reference's target_logits uses the same).
         labels = batch.labels[:, 1:]
-        sel = labels >= pol.act_offset
-        pol_logits = pol.vlm.logits(out.hidden[:, out.text_start :][:, :-1][sel])  # (M, V)
+        target = labels != IGNORE
+        tgt_labels = labels[target]  # (M,)
+        pol_logits = pol.vlm.logits(out.hidden[:, out.text_start :][:, :-1][target])  # (M, V)
+        is_act = tgt_labels >= pol.act_offset
         metrics = {"flow": flow.detach()}
         with torch.no_grad():
-            metrics["action_acc"] = (pol_logits.argmax(-1) == labels[sel]).float().mean()
+            metrics["action_acc"] = (pol_logits[is_act].argmax(-1) == tgt_labels[is_act]).float().mean()
         if self.cfg.km_weight > 0:
             if self.reference is None:
                 raise ValueError("Knowledge Matching needs the frozen reference model")
             with torch.no_grad():
                 ref_logits, ref_labels, _ = self.reference.target_logits(batch)
-                ref_logits = ref_logits[ref_labels >= pol.act_offset]  # same row-major order as `sel`
-            kl = knowledge_matching_kl(pol_logits, ref_logits, self.cfg.kl_direction)
+            if not torch.equal(ref_labels, tgt_labels):
+                raise ValueError("Knowledge Matching: the reference's target positions differ from the policy's")
+            keep = is_act if self.cfg.km_tokens == "action" else torch.ones_like(is_act)
+            kl = knowledge_matching_kl(pol_logits[keep], ref_logits[keep], self.cfg.kl_direction)
             loss = loss + self.cfg.km_weight * kl
             metrics["kl"] = kl.detach()
         if self.cfg.ki and not self.cfg.vlm_frozen:
-            ce = nn.functional.cross_entropy(pol_logits, labels[sel])
+            ce = nn.functional.cross_entropy(pol_logits[is_act], tgt_labels[is_act])
             loss = loss + self.cfg.token_weight * ce
             metrics["ce_action"] = ce.detach()
         return loss, metrics

@@ -126,8 +126,8 @@ def run(cfg: PostTrainConfig) -> int:
     if info.is_main:
         print(
             f"post (stage 2): RF head {count_parameters(model.head) / 1e6:.2f} M reading VLM layers {model.layers} "
-            f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}){', KI' if mcfg.ki else ''}; "
-            + ", ".join(f"{s.name} {len(s)} samples" for s in train)
+            f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}, {mcfg.km_tokens} tokens)"
+            f"{', KI' if mcfg.ki else ''}; " + ", ".join(f"{s.name} {len(s)} samples" for s in train)
         )
 
     def evaluate(m) -> dict[str, float]:
