@@ -360,14 +360,19 @@ def flow_matching_loss(velocity: Tensor, noise: Tensor, actions: Tensor, mask: T
 KL_DIRECTIONS = ("policy_ref", "ref_policy")
 
 
-def knowledge_matching_kl(policy_logits: Tensor, ref_logits: Tensor, direction: str = "policy_ref") -> Tensor:
+def knowledge_matching_kl(
+    policy_logits: Tensor, ref_logits: Tensor, direction: str = "policy_ref", reduction: str = "mean"
+) -> Tensor:
     """Knowledge Matching (paper eq. 7): mean over M teacher-forced positions (the caller picks them:
     every target token, or the action tokens only) of the KL divergence between the trainable
     policy's next-token distribution and the frozen reference's, over the whole vocabulary. Eq. 7
     sums over the positions; the mean is the release's normalisation, the one its alpha was set for.
     `policy_ref` is the paper's KL(p_policy || p_ref) = sum p_pol (log p_pol - log p_ref);
     `ref_policy` is KL(p_ref || p_policy). Logits (M, V); computed in fp32 (at least); the reference
-    is treated as a constant (no gradient reaches it)."""
+    is treated as a constant (no gradient reaches it). `reduction="sum"` returns the sum over the M
+    positions (eq. 7 as written; a caller divides by a count pooled across ranks under DDP)."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if policy_logits.shape != ref_logits.shape:
         raise ValueError(f"KL: policy logits {tuple(policy_logits.shape)} vs reference {tuple(ref_logits.shape)}")
     if direction not in KL_DIRECTIONS:
@@ -378,4 +383,5 @@ def knowledge_matching_kl(policy_logits: Tensor, ref_logits: Tensor, direction: 
     if len(lp) == 0:
         return lp.sum() * 0.0
     p, q = (lp, lr) if direction == "policy_ref" else (lr, lp)  # KL(p || q) = sum p (log p - log q)
-    return (p.exp() * (p - q)).sum(-1).mean()
+    kl = (p.exp() * (p - q)).sum(-1)  # (M,)
+    return kl.mean() if reduction == "mean" else kl.sum()

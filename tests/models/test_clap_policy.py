@@ -57,6 +57,7 @@ def test_kl_matches_float64_reference_direction_and_zero():
     ref_qp = (lq.exp() * (lq - lp)).sum(-1).mean()
     assert abs(knowledge_matching_kl(p, q).item() - ref_pq.item()) < 1e-6
     assert abs(knowledge_matching_kl(p, q, "ref_policy").item() - ref_qp.item()) < 1e-6
+    assert abs(knowledge_matching_kl(p, q, reduction="sum").item() - 6 * ref_pq.item()) < 1e-5  # eq. 7's sum
     assert abs(ref_pq.item() - ref_qp.item()) > 1e-3  # the two directions really differ
     assert knowledge_matching_kl(p, p).abs().item() < 1e-6
     assert knowledge_matching_kl(p, q).item() >= 0

@@ -38,6 +38,7 @@ from clap_vla.models.rf_head import (
     seeded_noise_and_time,
     select_layers,
 )
+from clap_vla.train.distributed import global_count
 from clap_vla.types import ARM_DIM, NUM_ARMS, NTPBatch
 
 REFERENCE = "reference"
@@ -195,7 +196,11 @@ class ClapModel(nn.Module):
             if not torch.equal(ref_labels, tgt_labels):
                 raise ValueError("Knowledge Matching: the reference's target positions differ from the policy's")
             keep = is_act if self.cfg.km_tokens == "action" else torch.ones_like(is_act)
-            kl = knowledge_matching_kl(pol_logits[keep], ref_logits[keep], self.cfg.kl_direction)
+            # Mean over the positions of the whole global batch: under DDP the ranks hold different
+            # numbers of target tokens (subtask texts differ in length), so each divides its sum by
+            # the pooled count rather than taking its own mean.
+            kl_sum = knowledge_matching_kl(pol_logits[keep], ref_logits[keep], self.cfg.kl_direction, "sum")
+            kl = kl_sum / global_count(keep.sum()).clamp(min=1.0)
             loss = loss + self.cfg.km_weight * kl
             metrics["kl"] = kl.detach()
         if self.cfg.ki and not self.cfg.vlm_frozen:
