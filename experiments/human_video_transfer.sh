@@ -40,7 +40,7 @@ EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and p
 # Block 0 was looked at by the pilot that replaced the head camera, block 1 is for choosing
 # settings; block 2 is the one no choice has seen.
 EVAL_SEED=${EVAL_SEED:-2}
-MAX_STEPS=${MAX_STEPS:-120}              # step budget per closed-loop episode (the expert needs 20-65)
+MAX_STEPS=${MAX_STEPS:-120}              # step budget per closed-loop episode (the expert needed 19-59 in 300 episodes)
 SIZE=${SIZE:-128}
 # The VD-VAE's student augmentation: per clip (both frames of a transition share the draw) and drawn
 # afresh every step, as the release does (online through the encoder, over a clean feature cache).

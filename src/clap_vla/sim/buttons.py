@@ -57,7 +57,7 @@ FRONT_CAMERA = ((0.0, 1.1, 0.65), (0.0, 0.6, 0.05))
 CAMERAS = (*METAWORLD_CAMERAS, "front")
 DEFAULT_CAMERA = "front"  # the human domain films from near it too (§V-A5: close to the robot's camera)
 FPS = 80
-MAX_STEPS = 150  # the expert needs 20-65 steps
+MAX_STEPS = 150  # the expert needed 19-59 steps in the experiment's 300 robot episodes
 MAX_STEPS_LIMIT = 500
 ROBOT_TYPE_NAME = "sawyer"
 
