@@ -125,7 +125,7 @@ def test_both_context_modes_train_the_head_and_km_keeps_the_reference_frozen(con
     assert metrics["kl"].item() > 0  # the policy moved away from the reference
 
 
-def _km_loop(m, b, which: str, direction: str) -> float:
+def _km_loop(m, b, which: str, direction: str) -> tuple[float, int]:
     """Eq. 7 by hand in float64: per sample, per position j whose next token j+1 is a target token
     (every one, or the action tokens), KL over the vocabulary; mean over the pooled positions."""
     pol, ref = m.policy, m.reference
