@@ -6,6 +6,12 @@ direction from the hand is closest (cosine) to the chunk's motion in the plane. 
 the instruction and the image heads for the named button; one that does not picks at chance
 (1 in 4). This isolates the choice from the closed loop: no step is executed.
 
+It also measures how much the instruction moves the first action token at all: with the subtask text
+teacher-forced ("reach the {colour} button"), the total-variation distance between the first
+action token's distributions under two colours' prompts, averaged over scenes and over pairs of the
+colours probed (0: the instruction does not matter; 1: disjoint choices), and how often the two
+greedy first tokens are the same code.
+
     MUJOCO_GL=egl python experiments/buttons_first_chunk_probe.py outputs/exp_human_video_transfer/ntp/robot_only_s0 \
         --scenes 20 --seed 1 --out outputs/exp_human_video_transfer/validation/first_chunk.json
 """
@@ -50,12 +56,19 @@ def main() -> None:
     colours = args.colours.split(",")
     envs = {c: bt.make(c, size=args.size) for c in colours}
     picks: dict[str, dict[str, int]] = {c: {} for c in colours}
+    tvs, same = [], 0
     for k in range(args.scenes):
         seed = eval_seed(args.seed, k)
+        dists = []
         for c in colours:
             obs = envs[c].reset(seed, appearance=mw.Appearance())
             chosen = heading(policy.infer(obs), envs[c]._env)
             picks[c][chosen] = picks[c].get(chosen, 0) + 1
+            dists.append(first_token_distribution(policy, obs, c))
+        for i in range(len(dists)):
+            for j in range(i + 1, len(dists)):
+                tvs.append(0.5 * float((dists[i] - dists[j]).abs().sum()))
+                same += int(dists[i].argmax() == dists[j].argmax())
     rows = {}
     for c in colours:
         hits = picks[c].get(c, 0)
@@ -64,9 +77,33 @@ def main() -> None:
         print(f"{c:7s} first chunk heads for the named button in {hits}/{args.scenes} scenes; picks {picks[c]}")
     total = sum(r["named"] for r in rows.values())
     print(f"all: {total}/{args.scenes * len(colours)} (chance 1/{len(bt.COLOURS)})")
+    sensitivity = {"mean_tv": float(np.mean(tvs)) if tvs else 0.0, "same_greedy_token": same, "pairs": len(tvs)}
+    print(
+        f"first action token, prompts of two colours: mean total variation {sensitivity['mean_tv']:.3f}, "
+        f"same greedy token in {same}/{len(tvs)} (scene, colour pair)s"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"policy": args.policy, "seed_block": args.seed, "colours": rows}, indent=1))
+        out = {"policy": args.policy, "seed_block": args.seed, "colours": rows, "first_token": sensitivity}
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+def first_token_distribution(policy, obs, colour: str):
+    """Distribution of the first action token (over the action vocabulary) given the frame, the
+    prompt naming `colour` and the teacher-forced subtask "reach the {colour} button"."""
+    import torch
+
+    from clap_vla.models.ntp_policy import target_text
+
+    m = policy.model
+    visual = policy._visual(obs)
+    prompt = policy.text.prompt(str(obs.get("robot_type") or "robot"), f"press the {colour} button")
+    ids = torch.tensor([prompt + policy.text.ids(target_text(f"reach the {colour} button"))], device=visual.device)
+    mask = torch.ones(1, m.vlm.visual_tokens(visual) + ids.shape[1], dtype=torch.long, device=visual.device)
+    with torch.no_grad():
+        out = m.vlm(visual, ids, mask, prefix_len=torch.tensor([len(prompt)], device=visual.device))
+        logits = m.vlm.logits(out.hidden[0, -1])[m.act_offset : m.act_offset + m.cfg.num_codes]
+    return torch.softmax(logits, -1).cpu()
 
 
 if __name__ == "__main__":

@@ -82,11 +82,11 @@ def test_layer_selection_by_level():
 # -- the model ---------------------------------------------------------------------------------------
 
 
-def models(context: str, **kw):
+def models(context: str, prefix: str = "causal", **kw):
     from tests.models.test_ntp_policy import batch, tiny
 
     torch.manual_seed(0)
-    pol = tiny(seed=0)
+    pol = tiny(seed=0, prefix=prefix)
     b, s = batch(pol, B=4)
     H = 6
     g = torch.Generator().manual_seed(3)
@@ -98,9 +98,10 @@ def models(context: str, **kw):
     return ClapModel(cfg, pol, H, reference=reference_copy(pol)), b, s
 
 
+@pytest.mark.parametrize("prefix", ["causal", "bidirectional"])
 @pytest.mark.parametrize("context", ["kv", "hidden"])
-def test_both_context_modes_train_the_head_and_km_keeps_the_reference_frozen(context):
-    m, b, _ = models(context)
+def test_both_context_modes_train_the_head_and_km_keeps_the_reference_frozen(context, prefix):
+    m, b, _ = models(context, prefix)
     ref_before = {k: v.clone() for k, v in m.reference.state_dict().items()}
     assert all(not p.requires_grad for p in m.reference.parameters())
     assert not any(k.startswith("reference.") for k in m.state_dict())  # the parent artifact, not saved
@@ -253,6 +254,24 @@ def test_prefix_is_computed_once_per_chunk_and_sampling_is_deterministic():
     assert (out[0, :, 0] == 0).all() and out[1].abs().sum() > 0  # absent arm zeroed
     again = m.sample_actions(b.visual[:2], prompts, arm, steps=10, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, again)
+
+
+def test_bidirectional_prefix_gives_the_head_the_same_context_in_training_and_sampling():
+    """Under prefix_attention=bidirectional the head's context at training (the prefix positions of
+    the teacher-forced forward) is the context sampling builds from its prefill."""
+    m, b, _ = models("hidden", "bidirectional")
+    m.eval()
+    vlm = m.policy.vlm
+    p = int(prefix_lengths(b.labels[:1]))
+    n = int(b.attention_mask[0].sum())
+    with torch.no_grad():
+        full = vlm(b.visual[:1], b.input_ids[:1, :n], torch.ones(1, vlm.visual_tokens(b.visual) + n).long(),
+                   output_hidden_states=True, prefix_len=torch.tensor([p]))  # fmt: skip
+        pre = vlm(b.visual[:1], b.input_ids[:1, :p], torch.ones(1, vlm.visual_tokens(b.visual) + p).long(),
+                  output_hidden_states=True)  # fmt: skip
+    end = full.text_start + p
+    for a, c in zip(m.contexts(full, detach=True), m.contexts(pre, detach=True), strict=True):
+        torch.testing.assert_close(a[:, :end], c, atol=1e-5, rtol=1e-5)
 
 
 def test_prefix_lengths():

@@ -17,6 +17,7 @@ from clap_vla.models.ntp_policy import (
     NTPModel,
     codes_to_ids,
     ids_to_codes,
+    prefix_lengths,
     prompt_text,
     target_text,
 )
@@ -36,9 +37,9 @@ def tokenizer():
     return corpus_tokenizer(texts, vocab_size=300)
 
 
-def tiny(seed: int = 0, **kw) -> NTPModel:
-    cfg = NTPConfig(vlm=VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus"), codes_per_arm=NQ,
-                    num_codes=K, **kw)  # fmt: skip
+def tiny(seed: int = 0, prefix: str = "causal", **kw) -> NTPModel:
+    vlm = VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus", prefix_attention=prefix)
+    cfg = NTPConfig(vlm=vlm, codes_per_arm=NQ, num_codes=K, **kw)
     return NTPModel(cfg, tokenizer=tokenizer(), seed=seed)
 
 
@@ -155,8 +156,9 @@ def test_constrained_decoding_gives_exactly_nq_tokens_per_arm(arms):
     assert codes.shape == (3, 2, NQ) and (codes[:, 1] >= 0).all() and ((codes[:, 0] >= 0).all() == (arms == 2))
 
 
-def test_kv_cache_decoding_equals_no_cache_decoding():
-    m = tiny(seed=1).eval()
+@pytest.mark.parametrize("prefix", ["causal", "bidirectional"])
+def test_kv_cache_decoding_equals_no_cache_decoding(prefix):
+    m = tiny(seed=1, prefix=prefix).eval()
     b, _ = batch(m, B=3, seed=2)
     text = TextTokens(m.tokenizer, m.act_offset)
     prompts = [text.prompt("sawyer", INSTR[0]), text.prompt("sawyer", INSTR[1]), text.prompt("sawyer", INSTR[0])]
@@ -323,3 +325,73 @@ def test_artifacts_saved_before_visual_positions_load_without_them():
     old = {k: v for k, v in vars(VLMConfig("tiny")).items() if k != "visual_pos"}
     assert vlm_config_from_saved(old).visual_pos == "none"
     assert vlm_config_from_saved(vars(VLMConfig("tiny"))).visual_pos == "sincos2d"
+
+
+def test_prefix_mask_matches_a_loop():
+    from clap_vla.nn.vlm import prefix_mask
+
+    am = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 1, 1, 1]])  # right padding; middle padding
+    prefix = torch.tensor([3, 5])
+    got = prefix_mask(am, prefix)
+    assert got.shape == (2, 1, 7, 7) and got.dtype == torch.bool
+    for b in range(2):
+        for q in range(7):
+            for k in range(7):
+                want = bool(am[b, k]) and (k <= q or (q < prefix[b] and k < prefix[b]))
+                assert bool(got[b, 0, q, k]) == want, (b, q, k)
+
+
+def test_bidirectional_prefix_lets_visual_tokens_read_the_prompt_and_keeps_targets_causal():
+    """prefix_attention=bidirectional: the visual tokens' states change with the instruction (they
+    never do under causal attention); the target stays causal (changing a later target token leaves
+    every earlier position unchanged); a padded training batch gives each sample what it gives alone;
+    and the prefill that decoding starts from equals the prefix of the training forward."""
+    for prefix in ("causal", "bidirectional"):
+        m = tiny(seed=4, prefix=prefix).eval()
+        b, s = batch(m, B=4, seed=5)
+        text = TextTokens(m.tokenizer, m.act_offset)
+        vis = b.visual[:1]
+        outs = []
+        for instr in INSTR:
+            ids, lab = text.sample("sawyer", instr, SUBS[0], s.codes[0])
+            mask = torch.ones(1, m.vlm.visual_tokens(vis) + len(ids), dtype=torch.long)
+            with torch.no_grad():
+                o = m.vlm(vis, torch.tensor([ids]), mask, prefix_len=torch.tensor([lab.count(IGNORE)]))
+            outs.append(o.hidden[:, : o.text_start])
+        differs = not torch.allclose(outs[0], outs[1], atol=1e-6)
+        assert differs == (prefix == "bidirectional")
+    m = tiny(seed=4, prefix="bidirectional").eval()
+    b, _ = batch(m, B=4, seed=5)
+    with torch.no_grad():
+        logits, _, _ = m.target_logits(b)
+        # Each sample alone (no padding) gives the same target logits.
+        start = 0
+        for i in range(len(b)):
+            n = int((b.labels[i, 1:] != IGNORE).sum())
+            one = NTPBatch(b.visual[i : i + 1], b.input_ids[i : i + 1, : int(b.attention_mask[i].sum())],
+                           b.attention_mask[i : i + 1, : int(b.attention_mask[i].sum())],
+                           b.labels[i : i + 1, : int(b.attention_mask[i].sum())], b.source[i : i + 1])  # fmt: skip
+            li, _, _ = m.target_logits(one)
+            torch.testing.assert_close(li, logits[start : start + n], atol=1e-5, rtol=1e-5)
+            start += n
+        # Changing the last target token changes nothing before it.
+        b2 = NTPBatch(b.visual, b.input_ids.clone(), b.attention_mask, b.labels, b.source)
+        last = int(b.attention_mask[0].sum()) - 1
+        b2.input_ids[0, last] = (b2.input_ids[0, last] + 1) % m.vlm.vocab_size
+        o1 = m.vlm(b.visual, b.input_ids, m.full_mask(b), prefix_len=prefix_lengths(b.labels))
+        o2 = m.vlm(b2.visual, b2.input_ids, m.full_mask(b2), prefix_len=prefix_lengths(b2.labels))
+        cut = o1.text_start + last
+        torch.testing.assert_close(o1.hidden[0, :cut], o2.hidden[0, :cut])
+        assert not torch.allclose(o1.hidden[0, cut], o2.hidden[0, cut])
+        # The decoding prefill (visual + prompt, all prefix) equals the training forward's prefix part.
+        p = int(prefix_lengths(b.labels[:1]))
+        n_vis = m.vlm.visual_tokens(b.visual)
+        pre = m.vlm(b.visual[:1], b.input_ids[:1, :p], torch.ones(1, n_vis + p, dtype=torch.long))
+        torch.testing.assert_close(pre.hidden[0], o1.hidden[0, : n_vis + p], atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_attention_must_be_known_and_is_for_the_llama_builds():
+    with pytest.raises(ConfigError, match="prefix_attention"):
+        VLMConfig("tiny", prefix_attention="full")
+    with pytest.raises(ConfigError, match="Llama builds"):
+        VLMConfig("qwen3-vl:/nowhere", prefix_attention="bidirectional")

@@ -29,7 +29,7 @@ from torch import nn
 
 from clap_vla.errors import ConfigError
 from clap_vla.losses import KL_DIRECTIONS, flow_matching_loss, knowledge_matching_kl
-from clap_vla.models.ntp_policy import IGNORE, NTPModel, NTPPolicy
+from clap_vla.models.ntp_policy import IGNORE, NTPModel, NTPPolicy, prefix_lengths
 from clap_vla.models.rf_head import (
     RFHead,
     RFHeadConfig,
@@ -91,11 +91,6 @@ def vlm_dims(vlm) -> dict:
         "vlm_kv_heads": getattr(conf, "num_key_value_heads", heads) or heads,
         "vlm_head_dim": getattr(conf, "head_dim", None) or conf.hidden_size // heads,
     }
-
-
-def prefix_lengths(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) labels -> (B,) number of leading prompt tokens (labels IGNORE before the target)."""
-    return (labels == IGNORE).long().cumprod(1).sum(1)
 
 
 class ClapModel(nn.Module):
@@ -160,10 +155,17 @@ class ClapModel(nn.Module):
             raise ValueError("CLAP-RF trains on robot samples with continuous actions (batch.actions is None)")
         pol = self.policy
         full = pol.full_mask(batch)  # (B, T_all)
+        prompt = prefix_lengths(batch.labels)  # (B,)
         with torch.no_grad() if self.cfg.vlm_frozen else contextlib.nullcontext():
-            out = pol.vlm(batch.visual, batch.input_ids, full, output_hidden_states=self.cfg.rf.context == "hidden")
+            out = pol.vlm(
+                batch.visual,
+                batch.input_ids,
+                full,
+                output_hidden_states=self.cfg.rf.context == "hidden",
+                prefix_len=prompt,
+            )
         B, T_all = full.shape
-        prefix = out.text_start + prefix_lengths(batch.labels)  # (B,)
+        prefix = out.text_start + prompt  # (B,)
         ctx_mask = full.bool() & (torch.arange(T_all, device=full.device)[None] < prefix[:, None])
         a = batch.actions  # (B, H, A, D)
         H = a.shape[1]

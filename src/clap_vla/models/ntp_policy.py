@@ -71,6 +71,11 @@ def target_text(subtask: str) -> str:
     return TARGET.format(subtask=subtask.strip() or "none")
 
 
+def prefix_lengths(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) labels -> (B,) number of leading prompt tokens (labels IGNORE before the target)."""
+    return (labels == IGNORE).long().cumprod(1).sum(1)
+
+
 def codes_to_ids(codes: np.ndarray | torch.Tensor, offset: int) -> list[int]:
     """(A, Nq) codes of one sample, -1 rows for absent arms -> token ids in arm order left, right."""
     c = np.asarray(codes)
@@ -116,7 +121,13 @@ class NTPModel(nn.Module):
 
     def target_logits(self, batch: NTPBatch, output_hidden_states: bool = False):
         """Teacher-forced logits at the target positions: (logits (M, V) fp32, labels (M,), out)."""
-        out = self.vlm(batch.visual, batch.input_ids, self.full_mask(batch), output_hidden_states=output_hidden_states)
+        out = self.vlm(
+            batch.visual,
+            batch.input_ids,
+            self.full_mask(batch),
+            output_hidden_states=output_hidden_states,
+            prefix_len=prefix_lengths(batch.labels),
+        )
         h = out.hidden[:, out.text_start :][:, :-1]  # (B, T-1, E): position j predicts token j+1
         labels = batch.labels[:, 1:]  # (B, T-1)
         sel = labels != IGNORE
@@ -206,7 +217,7 @@ class NTPModel(nn.Module):
                 cache = out.cache
             else:
                 seq = torch.cat([seq, step_ids], 1)
-                out = self.vlm(visual, seq, mask)
+                out = self.vlm(visual, seq, mask, prefix_len=torch.full((B,), L, device=device))
             logits = self.vlm.logits(out.hidden[:, -1])
         self.last_timing = {"prefix_s": t1 - t0, "decode_s": time.perf_counter() - t1}
         return text, acts, logits
@@ -386,6 +397,7 @@ __all__ = [
     "codes_to_ids",
     "ids_to_codes",
     "load_ntp",
+    "prefix_lengths",
     "prompt_text",
     "target_text",
 ]

@@ -34,6 +34,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NEW_ROW_NOISE = 0.02  # new embedding rows: mean of the existing rows + 2% of their std (reference facts)
 
 VISUAL_POS = ("sincos2d", "none")
+PREFIX_ATTENTION = ("causal", "bidirectional")
 POS_FREQS = 8  # sincos2d: frequencies per axis -> 4 * POS_FREQS features per visual token
 
 
@@ -94,6 +95,13 @@ class VLMConfig:
     block's r*r feature vectors concatenated (pixel shuffle, as SmolVLM does before its projector).
     The LM reads r*r fewer visual tokens carrying the same numbers; the projector reads C*r*r
     channels. Llama builds; the patch grid must be square with a side divisible by r."""
+    prefix_attention: str = "causal"
+    """How the prefix (visual tokens, then the prompt) attends. ``causal``: left to right, as
+    Qwen3-VL and every decoder LM do; the visual tokens, which come first, never see the instruction.
+    ``bidirectional``: a prefix LM (PaliGemma, and pi0 on top of it): the visual tokens and the
+    prompt attend to each other both ways, so each visual token can tell whether it shows the named
+    object; the target (subtask text, action tokens) stays causal and reads the whole prefix either
+    way. Llama builds; artifacts saved before this option load as ``causal``."""
 
     def __post_init__(self) -> None:
         if self.name not in LLAMA_PRESETS and self.name != "smollm2-135m" and not self.name.startswith("qwen3-vl:"):
@@ -110,6 +118,12 @@ class VLMConfig:
             raise ConfigError(f"visual_merge must be >= 1, got {self.visual_merge}")
         if self.visual_pos not in VISUAL_POS:
             raise ConfigError(f"visual_pos must be one of {', '.join(VISUAL_POS)}, got {self.visual_pos!r}")
+        if self.prefix_attention not in PREFIX_ATTENTION:
+            raise ConfigError(
+                f"prefix_attention must be one of {', '.join(PREFIX_ATTENTION)}, got {self.prefix_attention!r}"
+            )
+        if self.prefix_attention != "causal" and self.name.startswith("qwen3-vl:"):
+            raise ConfigError(f"prefix_attention={self.prefix_attention} is for the Llama builds, not {self.name}")
         if self.visual_merge > 1 and self.name not in LLAMA_PRESETS and self.name != "smollm2-135m":
             raise ConfigError(
                 f"visual_merge is for the Llama builds; {self.name} merges patches in its own vision tower"
@@ -250,7 +264,14 @@ class LlamaVLM(nn.Module):
     uses_pixels = False
 
     def __init__(
-        self, lm: nn.Module, tokenizer, act_offset: int, visual_dim: int, merge: int = 1, visual_pos: str = "none"
+        self,
+        lm: nn.Module,
+        tokenizer,
+        act_offset: int,
+        visual_dim: int,
+        merge: int = 1,
+        visual_pos: str = "none",
+        prefix_attention: str = "causal",
     ):
         super().__init__()
         self.lm = lm  # LlamaForCausalLM
@@ -264,6 +285,7 @@ class LlamaVLM(nn.Module):
         self.visual_dim = visual_dim
         self.merge = merge
         self.visual_pos = visual_pos
+        self.prefix_attention = prefix_attention
 
     @property
     def hidden_size(self) -> int:
@@ -305,10 +327,13 @@ class LlamaVLM(nn.Module):
         attention_mask: torch.Tensor,
         cache: Any = None,
         output_hidden_states: bool = False,
+        prefix_len: torch.Tensor | None = None,
     ) -> VLMOutput:
         """visual: frame features (B, N, P, C) for a prefill, None when continuing from `cache`;
         input_ids (B, T); attention_mask (B, T_total) over everything the cache holds plus this call
-        (1 = real, 0 = padding)."""
+        (1 = real, 0 = padding). prefix_len (B,): how many of this call's leading text positions are
+        prompt (padding included), for `prefix_attention=bidirectional`; None: a prefill is prefix
+        through its last position, a continuation from `cache` is causal."""
         from transformers import DynamicCache
 
         emb = self.lm.get_input_embeddings()(input_ids)  # (B, T, E)
@@ -336,9 +361,13 @@ class LlamaVLM(nn.Module):
         position_ids = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, -T:]  # (B, T)
         if cache is None:
             cache = DynamicCache(config=self.lm.config)
+        mask = attention_mask
+        if self.prefix_attention == "bidirectional" and visual is not None:
+            prefix = torch.full((B,), T, device=emb.device) if prefix_len is None else text_start + prefix_len
+            mask = prefix_mask(attention_mask[:, -T:], prefix.to(emb.device))
         out = self.lm.model(
             inputs_embeds=emb,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
             cache=cache,
             use_cache=True,
@@ -349,6 +378,17 @@ class LlamaVLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., E) -> (..., V) in fp32 (reference logits for KL and argmax stay full precision)."""
         return self.lm.lm_head(hidden).float()
+
+
+def prefix_mask(attention_mask: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1 = real / 0 = padding and (B,) prefix lengths -> (B, 1, T, T) bool (True = attend): a
+    position attends to every real position before it, and a prefix position to the whole prefix."""
+    T = attention_mask.shape[1]
+    pos = torch.arange(T, device=attention_mask.device)
+    causal = pos[None, :] <= pos[:, None]  # (T q, T k)
+    inside = pos[None, :] < prefix[:, None]  # (B, T): in the prefix
+    allowed = causal[None] | (inside[:, :, None] & inside[:, None, :])  # (B, T, T)
+    return (allowed & attention_mask.bool()[:, None, :])[:, None]
 
 
 def llama_config(name: str, vocab_size: int, layers: int | None):
@@ -412,7 +452,7 @@ def build_vlm(cfg: VLMConfig, hf_config: dict | None = None, tokenizer=None, see
             f"{offset + cfg.num_action_tokens} the action vocabulary needs"
         )
     torch.manual_seed(seed + 1)
-    return LlamaVLM(lm, tok, offset, cfg.visual_dim, cfg.visual_merge, cfg.visual_pos)
+    return LlamaVLM(lm, tok, offset, cfg.visual_dim, cfg.visual_merge, cfg.visual_pos, cfg.prefix_attention)
 
 
 def param_count(m: nn.Module) -> int:

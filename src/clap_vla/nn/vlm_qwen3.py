@@ -218,12 +218,14 @@ class Qwen3VLBackbone(nn.Module):
         attention_mask: torch.Tensor,
         cache: Any = None,
         output_hidden_states: bool = False,
+        prefix_len: torch.Tensor | None = None,
     ) -> VLMOutput:
         """visual: uint8 images (B, N, 3, h, w) for a prefill, None when continuing from `cache`;
         input_ids (B, T) text only; attention_mask (B, T_total) over everything the cache holds plus
         this call (1 = real, 0 = padding). `hidden_states` are transformers' per-layer records: at
         image positions, those of the first len(deepstack_visual_indexes) layers are taken before
-        DeepStack adds its vision features (text positions are unaffected)."""
+        DeepStack adds its vision features (text positions are unaffected). Attention is causal
+        throughout (Qwen3-VL's own): `prefix_len` is accepted for the Llama builds' signature."""
         from transformers import DynamicCache
 
         B, T = input_ids.shape
