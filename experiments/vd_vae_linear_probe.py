@@ -19,7 +19,7 @@ decoded PSNR (valid steps, R = 2, eq. 8) and its zero-chunk floor:
         --human-eval outputs/exp_human_video_transfer/data/human_eval --out probe.json
 
 The features and normalisation are the VD-VAE artifact's (its frame encoder, its Act-VAE's action
-statistics); the feature caches its training built are reused.
+statistics; `--frame-encoder` reads other frozen features instead); feature caches are reused.
 """
 
 from __future__ import annotations
@@ -105,13 +105,16 @@ def main() -> None:
     ap.add_argument("--human-eval", type=Path, required=True, help="other human-domain scenes to score on")
     ap.add_argument("--fit", type=int, default=4000, help="transitions the ridge is fitted on (subsample)")
     ap.add_argument("--score", type=int, default=3000, help="transitions scored per set (subsample)")
+    ap.add_argument(
+        "--frame-encoder", default=None, help="read other frozen features (e.g. efficientnet-lite0:stages=3+5)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
     model, meta = load_vd_vae(a.vd_vae)
     cfg = meta["config"]
-    fcfg = FeatureConfig(**cfg["features"])
+    fcfg = FeatureConfig(**{**cfg["features"], **({"frame_encoder": a.frame_encoder} if a.frame_encoder else {})})
     horizon = model.act_vae.cfg.horizon
     encoder = build_frame_encoder(fcfg.frame_encoder, precision=fcfg.precision)
     norm = robot_normalizers(a.vd_vae, meta, [a.robot_data], horizon)[0]
