@@ -94,10 +94,11 @@ def first_token_distribution(policy, obs, colour: str):
     import torch
 
     from clap_vla.models.ntp_policy import target_text
+    from clap_vla.sim.base import ROBOT_TYPE
 
     m = policy.model
     visual = policy._visual(obs)
-    prompt = policy.text.prompt(str(obs.get("robot_type") or "robot"), f"press the {colour} button")
+    prompt = policy.text.prompt(str(obs.get(ROBOT_TYPE) or "robot"), f"press the {colour} button")
     ids = torch.tensor([prompt + policy.text.ids(target_text(f"reach the {colour} button"))], device=visual.device)
     mask = torch.ones(1, m.vlm.visual_tokens(visual) + ids.shape[1], dtype=torch.long, device=visual.device)
     with torch.no_grad():

@@ -51,9 +51,11 @@ def features(tset, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, ..
     return x, y, v, tset.episode[sel]
 
 
-def psnr(pred: np.ndarray, y: np.ndarray, valid: np.ndarray, data_range: float = 2.0) -> float:
-    mse = float(((pred - y) ** 2)[valid].mean())
-    return float(20 * np.log10(data_range / np.sqrt(max(mse, 1e-20))))
+def psnr(pred: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float:
+    """Decoded PSNR over the valid entries, with the Act-VAE's formula and range (eq. 8)."""
+    from clap_vla.models.act_vae import psnr as act_psnr
+
+    return float(act_psnr(float(((pred - y) ** 2)[valid].mean())))
 
 
 class DualRidge:
