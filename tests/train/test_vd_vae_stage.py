@@ -279,3 +279,33 @@ def test_per_clip_online_augmentation_trains_resumes_and_labels(setup, tmp_path,
     assert main(["label", "--vd-vae", str(straight), "--data", str(setup / "video"), "--out", str(out),
                  "--no-progress"]) == 0  # fmt: skip
     assert (out / "meta.json").exists()
+
+
+def test_heading_metric_against_a_naive_float64_loop():
+    """net_translation takes each chunk's last valid step, un-normalised; heading_cosines scores
+    only chunks that move at least MIN_MOTION, and a zero prediction scores 0."""
+    from clap_vla.data.action_space import ArmLayout
+    from clap_vla.data.normalize import ActionNormalizer, compute_norm_stats
+    from clap_vla.stages.eval_vd_vae import MIN_MOTION, heading_cosines, net_translation
+
+    rng = np.random.default_rng(0)
+    B, H = 6, 5
+    raw = rng.normal(scale=0.05, size=(200, H, 2, 7))
+    norm = ActionNormalizer(compute_norm_stats(raw, np.ones((200, H), bool), ArmLayout(("right",)),
+                                               relative=True, horizon=H))  # fmt: skip
+    chunks = torch.from_numpy(rng.uniform(-1, 1, size=(B, H, 2, 7)).astype(np.float32))
+    valid = torch.ones(B, H, dtype=torch.bool)
+    valid[1, 3:] = False  # a padded tail: its last valid step is 2
+    valid[2, 1:] = False
+    got = net_translation(chunks, valid, norm)
+    for b in range(B):
+        last = int(np.nonzero(valid[b].numpy())[0].max())
+        for a in range(2):
+            for d in range(2):
+                want = float(chunks[b, last, a, d]) * norm.half[a, d] + norm.center[a, d]
+                assert abs(got[b, a, d] - want) < 1e-6
+    true = np.array([[0.1, 0], [0, 0.05], [0.001, 0], [0, -0.03]])
+    pred = np.array([[0.2, 0], [0, -1.0], [5.0, 0], [0, 0]])
+    cos = heading_cosines(pred, true)
+    assert np.linalg.norm(true[2]) < MIN_MOTION  # too short to have a heading: dropped
+    np.testing.assert_allclose(cos, [1.0, -1.0, 0.0], atol=1e-12)

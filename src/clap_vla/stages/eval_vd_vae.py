@@ -6,6 +6,13 @@ evaluation-only true actions, never seen in training):
 - decoded PSNR: the Act-VAE decoder applied to the VD-VAE codes vs the true normalised chunk
   (valid steps of present arms, R = 2 as in eq. 8), next to the Act-VAE's own reconstruction
   (the ceiling: what perfect tokens would give) and a zero chunk (the floor: no information);
+- heading: how well the decoded chunks' horizontal motion departs from the usual one the way the
+  true chunks' does: the cosine between decoded and true net x, y translation (each chunk's last
+  valid step relative to its start, un-normalised), both taken relative to the set's mean true
+  translation (most chunks share a general direction, which a constant guess would get for free: it
+  scores 0 here), over items whose true translation departs from that mean by at least `MIN_MOTION`
+  m. This is what decides which object a pseudo-labelled video teaches the policy to reach for,
+  whatever the exact codes (datasets with chunk-relative actions);
 - retrieval top-1 / top-5: within groups of `retrieval_batch` items, the cosine similarity of the
   VD-VAE's continuous latents to every item's Act-VAE code vectors ranks the true one (an item whose
   true tokens equal the true one's also counts);
@@ -21,8 +28,33 @@ import numpy as np
 
 from clap_vla.configs.vd_vae import VDVAEEvalConfig
 
+MIN_MOTION = 0.02
+"""Metres: chunks whose true translation departs less from the mean have no heading to score."""
 
-def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, retrieval_batch: int = 64) -> dict:
+
+def net_translation(chunks, valid, normalizer) -> np.ndarray:
+    """Normalised chunk-relative chunks (B, H, A, D) and validity (B, H) -> the un-normalised x, y
+    of each chunk's last valid step relative to its start (B, A, 2), float64."""
+    x = chunks.double().cpu().numpy()
+    last = np.maximum(valid.cpu().numpy().astype(np.int64).cumsum(1).argmax(1), 0)  # (B,) last valid step
+    end = x[np.arange(len(x)), last, :, :2]  # (B, A, 2)
+    return end * normalizer.half[:, :2] + normalizer.center[:, :2]
+
+
+def heading_cosines(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """(N, 2) predicted and true translations -> cosines (M,) of the items whose true translation is
+    at least MIN_MOTION long (a predicted zero translation scores 0)."""
+    n_true = np.linalg.norm(true, axis=-1)
+    keep = n_true >= MIN_MOTION
+    n_pred = np.maximum(np.linalg.norm(pred[keep], axis=-1), 1e-12)
+    return (pred[keep] * true[keep]).sum(-1) / (n_pred * n_true[keep])
+
+
+def alignment_metrics(
+    model, tset, limit: int | None, batch_size: int = 256, retrieval_batch: int = 64, normalizer=None
+) -> dict:
+    """Token accuracy, decoded PSNR, retrieval and code usage of `model` on `tset`; with the
+    `normalizer` of its actions (chunk-relative), also the heading of the decoded chunks."""
     import torch
 
     from clap_vla.data.transitions import iterate
@@ -33,7 +65,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
     hits = codes = 0
     sq = sq_act = sq_zero = 0.0
     n = 0
-    z_all, v_all, k_all, ids_all = [], [], [], []
+    z_all, v_all, k_all, ids_all, pred_all, true_all = [], [], [], [], [], []
     device = next(model.parameters()).device
     with torch.no_grad():
         for _, b in iterate(tset, batch_size, limit):
@@ -44,7 +76,12 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
             hits += int((ids == true_ids)[present].sum())
             codes += int(present.sum()) * ids.shape[-1]
             valid = b.action_valid[:, :, None] & present[:, None, :]  # (B, H, A)
-            sq += float(((act.decode(ids) - b.actions) ** 2)[valid].double().sum())
+            decoded = act.decode(ids)  # (B, H, A, D)
+            sq += float(((decoded - b.actions) ** 2)[valid].double().sum())
+            if normalizer is not None and normalizer.stats.relative:
+                arm = present.cpu().numpy()
+                pred_all.append(net_translation(decoded, b.action_valid, normalizer)[arm])
+                true_all.append(net_translation(b.actions, b.action_valid, normalizer)[arm])
             sq_act += float(((act.decode(true_ids) - b.actions) ** 2)[valid].double().sum())
             sq_zero += float((b.actions**2)[valid].double().sum())
             n += int(valid.sum()) * b.actions.shape[-1]
@@ -58,7 +95,7 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
     # Which codes are read: a VD-VAE that parks a domain in codes the true chunks never use
     # scores 0% tokens however its retrieval and PSNR look.
     read, truth = torch.cat(ids_all).cpu().reshape(-1), k.reshape(-1).unique()
-    return {
+    out = {
         "items": len(z),
         "token_acc": hits / max(codes, 1),
         "mse": mse,
@@ -73,6 +110,14 @@ def alignment_metrics(model, tset, limit: int | None, batch_size: int = 256, ret
         # share of emitted codes that are among the true chunks' codes of this set
         "read_in_true": float(torch.isin(read, truth).float().mean()),
     }
+    if pred_all:
+        pred, true = np.concatenate(pred_all), np.concatenate(true_all)
+        mean = true.mean(0)
+        cos = heading_cosines(pred - mean, true - mean)
+        out["heading_cos"] = float(cos.mean()) if len(cos) else float("nan")
+        out["heading_within_45deg"] = float((cos >= np.cos(np.pi / 4)).mean()) if len(cos) else float("nan")
+        out["heading_items"] = len(cos)
+    return out
 
 
 def retrieval(z, v, keys, group: int) -> tuple[float, float]:
@@ -186,17 +231,17 @@ def evaluate(cfg: VDVAEEvalConfig, progress: bool = True) -> dict:
     for p, norm in zip(robot, norms, strict=True):
         held, split = evaluation_split(p, normalizer=norm)
         held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
-        sets.append(("robot", p, held, split))
+        sets.append(("robot", p, held, split, norm))
     for p in cfg.video_data:
         held, split = evaluation_split(p)
         attach_true_actions(held, Path(p), video_norm, horizon)
         held.features = feature_provider(p, fcfg, encoder, progress, clean_only=True)
-        sets.append(("video", p, held, split))
+        sets.append(("video", p, held, split, video_norm))
     results: dict = {"vd_vae": str(Path(cfg.vd_vae).resolve()), "datasets": []}
-    for kind, p, s, split in sets:
+    for kind, p, s, split, norm in sets:
         row = {"kind": kind, "data": str(Path(p).resolve()), "episodes": split, "transitions": min(len(s), cfg.limit)}
         for name, (m, _) in models.items():
-            row[name] = alignment_metrics(m, s, cfg.limit, cfg.batch_size, cfg.retrieval_batch)
+            row[name] = alignment_metrics(m, s, cfg.limit, cfg.batch_size, cfg.retrieval_batch, normalizer=norm)
         results["datasets"].append(row)
     out = Path(cfg.out) if cfg.out else Path(cfg.vd_vae) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -287,6 +332,12 @@ def run(cfg: VDVAEEvalConfig) -> int:
                     f"{m['psnr_zero']:.2f}), "
                     f"retrieval top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, {m['codes_read']} distinct codes read "
                     f"(the truth uses {m['codes_true']}) ({m['items']} items)"
+                    + (
+                        f", heading cosine {m['heading_cos']:.2f} ({m['heading_within_45deg']:.0%} within 45 deg, "
+                        f"{m['heading_items']} items; a constant guess scores 0)"
+                        if "heading_cos" in m
+                        else ""
+                    )
                 )
     print(f"wrote {r['out']}/eval.json")
     return 0
