@@ -20,19 +20,22 @@
 # Results: docs/results.md, "Human video becomes robot skill"; benchmarks/results/human_video_transfer.json.
 #
 #   bash experiments/human_video_transfer.sh                 # CPU scale, resumable step by step
-#   OUT=outputs/hvt_quick ROBOT_EPISODES=5 VIDEO_EPISODES=5 ACT_STEPS=100 VD_STEPS=50 NTP_STEPS=50 \
+#   OUT=outputs/hvt_quick ROBOT_EPISODES=5 MORE_EPISODES=5 VIDEO_EPISODES=5 ACT_STEPS=100 VD_STEPS=50 NTP_STEPS=50 \
 #     POST_STEPS=20 EPISODES=2 bash experiments/human_video_transfer.sh   # a smoke run
 source "$(dirname "$0")/common.sh"
 OUT=${OUT:-outputs/exp_human_video_transfer}
 IN=${IN:-red,green}                      # colours with robot demonstrations
 OOD=${OOD:-blue,yellow}                  # colours seen only in human videos
-ROBOT_EPISODES=${ROBOT_EPISODES:-150}    # robot demonstrations per IN colour
-VIDEO_EPISODES=${VIDEO_EPISODES:-30}     # human videos per colour (IN and OOD)
+ROBOT_EPISODES=${ROBOT_EPISODES:-150}    # robot demonstrations per IN colour (the Act-VAE trains on these)
+MORE_EPISODES=${MORE_EPISODES:-450}      # more robot scenes per IN colour, seed block 2 (pilot 10: 600 scenes in all)
+VIDEO_EPISODES=${VIDEO_EPISODES:-100}    # human videos per colour (IN and OOD); the paper: 100 per Make Bouquets setting
 VD_EVAL_EPISODES=${VD_EVAL_EPISODES:-8}  # human videos per colour to measure the VD-VAE's reading on
 ACT_STEPS=${ACT_STEPS:-3000}           # 1500 left ~1.5 cm of error per decoded row (buttons_reach_oracle.py)
 VD_STEPS=${VD_STEPS:-1000}
-NTP_STEPS=${NTP_STEPS:-3000}
+NTP_STEPS=${NTP_STEPS:-6000}             # pilots 11-13: 3000 steps never tied the colour word to the first action token
 VISUAL_MERGE=${VISUAL_MERGE:-2}      # 2: 16 visual tokens (each a 2 x 2 block of the 8 x 8 grid), with 2-D position features
+# Prefix LM (PaliGemma's layout): the visual tokens see which colour is named (pilot 13 against 11).
+PREFIX=${PREFIX:-bidirectional}
 ADAPT_STEPS=${ADAPT_STEPS:-300}
 POST_STEPS=${POST_STEPS:-600}
 EPISODES=${EPISODES:-20}                 # closed-loop episodes per colour and policy
@@ -45,12 +48,15 @@ SIZE=${SIZE:-128}
 # The VD-VAE's student augmentation: per clip (both frames of a transition share the draw) and drawn
 # afresh every step, as the release does (online through the encoder, over a clean feature cache).
 VD_FLAGS=${VD_FLAGS:---features.no-cache --features.augment-per-clip}
-# NTP mixture: robot : pseudo-labelled video = 2 : 1, the release's robot-S1 : human-video weights (200:100).
-VIDEO_WEIGHTS=${VIDEO_WEIGHTS:-2 1}
+# NTP mixture: robot : pseudo-labelled video = 2 : 1, the release's robot-S1 : human-video weights (200:100);
+# the two robot datasets by size (150 : 450 scenes).
+VIDEO_WEIGHTS=${VIDEO_WEIGHTS:-0.5 1.5 1}
 PY="$(dirname "$0")/../.venv/bin/python"
 
 GEN=(data gen buttons --size $SIZE --codec h264)
 step $OUT/data/robot/meta/info.json "${GEN[@]}" --tasks $IN --episodes $ROBOT_EPISODES --out $OUT/data/robot
+step $OUT/data/robot_more/meta/info.json "${GEN[@]}" --tasks $IN --episodes $MORE_EPISODES --seed 2 \
+  --out $OUT/data/robot_more
 step $OUT/data/human/meta/info.json "${GEN[@]}" --domain human --tasks $IN,$OOD --episodes $VIDEO_EPISODES \
   --out $OUT/data/human
 # Other scenes (seed block 1) for measuring the VD-VAE's reading of the human domain; never trained on.
@@ -76,9 +82,9 @@ evaluate() {  # evaluate RUN_DIR: closed loop on every colour -> $OUT/eval/<name
   step $OUT/eval/$(basename $1).json "${ROLL[@]}" --policy $1 --out $OUT/eval/$(basename $1).json
 }
 NTP=(train ntp --config ntp_small --act-vae $OUT/act_vae --train.steps $NTP_STEPS --model.vlm.visual-merge $VISUAL_MERGE
-  --resume)
-R=(--robot-data $OUT/data/robot)
-POST=(train post --config post_small --ntp $OUT/ntp/robot_only_s0 --robot-data $OUT/data/robot
+  --model.vlm.prefix-attention $PREFIX --resume)
+R=(--robot-data $OUT/data/robot $OUT/data/robot_more)
+POST=(train post --config post_small --ntp $OUT/ntp/robot_only_s0 "${R[@]}"
   --train.steps $POST_STEPS --train.lr 1e-3 --resume)
 
 # Each policy is evaluated right after it is trained, so a stopped run keeps every finished row.
@@ -93,7 +99,7 @@ step - "${NTP[@]}" "${R[@]}" --train.seed 0 --video-tokens $OUT/tokens/human_sig
 if [[ ${ORACLE:-1} == 1 ]]; then
   step $OUT/data/human_oracle/meta/info.json "${GEN[@]}" --domain human --human-keep-actions --tasks $IN,$OOD \
     --episodes $VIDEO_EPISODES --out $OUT/data/human_oracle
-  step - "${NTP[@]}" --train.seed 0 --robot-data $OUT/data/robot $OUT/data/human_oracle --weights $VIDEO_WEIGHTS \
+  step - "${NTP[@]}" --train.seed 0 "${R[@]}" $OUT/data/human_oracle --weights $VIDEO_WEIGHTS \
     --out $OUT/ntp/oracle_labels_s0 && evaluate $OUT/ntp/oracle_labels_s0
 fi
 vd_vae no_contrastive

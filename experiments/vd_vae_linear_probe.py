@@ -5,7 +5,9 @@ A VD-VAE reads the chunk a[t:t+H] off the frozen features of o_t and o_t+H. This
 same features allow, without the VD-VAE's training: a ridge regression from [f(o_t), f(o_t+H) - f(o_t)]
 (every patch, standardised) to the normalised chunk, solved in its dual form over a subsample of
 transitions, the ridge strength chosen on held-out training episodes. Scored with `clap eval vd-vae`'s
-decoded PSNR (valid steps, R = 2, eq. 8) and its zero-chunk floor:
+decoded PSNR (valid steps, R = 2, eq. 8) and its zero-chunk floor, and with its heading (the net x-y
+translation's direction relative to the set's mean; a constant guess scores 0) on every scored
+transition and on those at an episode's first frame, where the target is chosen:
 
 - robot -> robot:  fitted on the robot dataset's training episodes, scored on its held-out episodes;
 - robot -> human:  the same reader on the human-domain evaluation set (the domain gap, linearly);
@@ -32,8 +34,9 @@ import numpy as np
 
 
 def features(tset, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """(X, Y, valid, episode) of up to `limit` transitions drawn without replacement: X (N, 2 P C)
-    float32, Y (N, H D) normalised chunk of the first present arm, valid (N, H D) bool, episode (N,)."""
+    """(X, Y, valid, episode, first) of up to `limit` transitions drawn without replacement: X (N, 2 P C)
+    float32, Y (N, H D) normalised chunk of the first present arm, valid (N, H D) bool, episode (N,),
+    first (N,) bool: the transition starts at its episode's first frame."""
     import torch
 
     n = len(tset)
@@ -48,7 +51,33 @@ def features(tset, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, ..
     act = tset.actions[sel][:, :, arm]  # (N, H, D)
     valid = tset.valid[sel][:, :, None].expand_as(act)
     x, y, v = np.concatenate(xs), act.reshape(len(sel), -1).numpy(), valid.reshape(len(sel), -1).numpy()
-    return x, y, v, tset.episode[sel]
+    start = {int(e): int(tset.rows[tset.episode == e, 0].min()) for e in np.unique(tset.episode[sel])}
+    first = np.array([tset.rows[i, 0] == start[int(tset.episode[i])] for i in sel], dtype=bool)
+    return x, y, v, tset.episode[sel], first
+
+
+def heading(pred: np.ndarray, y: np.ndarray, valid: np.ndarray, norm) -> dict:
+    """`clap eval vd-vae`'s heading (cosine of the net x-y translation relative to the mean true one)
+    of predicted vs true normalised chunks (N, H D) of the right arm."""
+    import torch
+
+    from clap_vla.stages.eval_vd_vae import heading_cosines, net_translation
+    from clap_vla.types import ARM_DIM, ARM_NAMES
+
+    arm = ARM_NAMES.index("right")
+
+    def xy(chunks: np.ndarray) -> np.ndarray:
+        c = torch.zeros(len(chunks), chunks.shape[1] // ARM_DIM, 2, ARM_DIM, dtype=torch.float64)
+        c[:, :, arm] = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float64)).view(len(chunks), -1, ARM_DIM)
+        return net_translation(c, torch.from_numpy(valid[:, ::ARM_DIM]), norm)[:, arm]  # (N, 2)
+
+    p, t = xy(pred), xy(y)
+    cos = heading_cosines(p - t.mean(0), t - t.mean(0))
+    return {
+        "heading_cos": float(cos.mean()),
+        "within_45deg": float((cos >= np.cos(np.pi / 4)).mean()),
+        "items": len(cos),
+    }
 
 
 def psnr(pred: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float:
@@ -131,10 +160,10 @@ def main() -> None:
         s.features = feature_provider(p, fcfg, encoder, clean_only=True)
 
     alphas = [10.0**k for k in range(0, 7)]
-    xr, yr, _, er = features(r_train, a.fit, rng)
-    xrh, yrh, vrh, _ = features(r_held, a.score, rng)
-    xh, yh, _, eh = features(h_train, a.fit, rng)
-    xhe, yhe, vhe, _ = features(h_eval, a.score, rng)
+    xr, yr, _, er, _ = features(r_train, a.fit, rng)
+    xrh, yrh, vrh, _, frh = features(r_held, a.score, rng)
+    xh, yh, _, eh, _ = features(h_train, a.fit, rng)
+    xhe, yhe, vhe, _, fhe = features(h_eval, a.score, rng)
     robot, robot_sel = fit(xr, yr, er, alphas)
     human, human_sel = fit(xh, yh, eh, alphas)
     out = {
@@ -153,6 +182,17 @@ def main() -> None:
             "zero_chunk_robot": psnr(np.zeros_like(yrh), yrh, vrh),
             "zero_chunk_human": psnr(np.zeros_like(yhe), yhe, vhe),
         },
+    }
+    # Heading (clap eval vd-vae's, relative to the scored set's mean true translation), on every scored
+    # transition and on those starting at an episode's first frame, where the choice of target is made.
+    pairs = {
+        "robot_to_robot": (robot.predict(xrh), yrh, vrh, frh),
+        "robot_to_human": (robot.predict(xhe), yhe, vhe, fhe),
+        "human_to_human": (human.predict(xhe), yhe, vhe, fhe),
+    }
+    out["heading"] = {
+        name: {"all": heading(pred, y, v, norm), "first_frame": heading(pred[f], y[f], v[f], norm)}
+        for name, (pred, y, v, f) in pairs.items()
     }
     print(json.dumps(out, indent=1))
     if a.out:
