@@ -56,15 +56,13 @@ def features(tset, limit: int, rng: np.random.Generator) -> tuple[np.ndarray, ..
     return x, y, v, tset.episode[sel], first
 
 
-def heading(pred: np.ndarray, y: np.ndarray, valid: np.ndarray, norm) -> dict:
+def heading(pred: np.ndarray, y: np.ndarray, valid: np.ndarray, norm, arm: int) -> dict:
     """`clap eval vd-vae`'s heading (cosine of the net x-y translation relative to the mean true one)
-    of predicted vs true normalised chunks (N, H D) of the right arm."""
+    of predicted vs true normalised chunks (N, H D) of arm slot `arm` (the one `features` took)."""
     import torch
 
     from clap_vla.stages.eval_vd_vae import heading_cosines, net_translation
-    from clap_vla.types import ARM_DIM, ARM_NAMES
-
-    arm = ARM_NAMES.index("right")
+    from clap_vla.types import ARM_DIM
 
     def xy(chunks: np.ndarray) -> np.ndarray:
         c = torch.zeros(len(chunks), chunks.shape[1] // ARM_DIM, 2, ARM_DIM, dtype=torch.float64)
@@ -190,8 +188,9 @@ def main() -> None:
         "robot_to_human": (robot.predict(xhe), yhe, vhe, fhe),
         "human_to_human": (human.predict(xhe), yhe, vhe, fhe),
     }
+    arm = int(np.nonzero(r_train.arm_mask.numpy())[0][0])  # the first present arm, as features() reads
     out["heading"] = {
-        name: {"all": heading(pred, y, v, norm), "first_frame": heading(pred[f], y[f], v[f], norm)}
+        name: {"all": heading(pred, y, v, norm, arm), "first_frame": heading(pred[f], y[f], v[f], norm, arm)}
         for name, (pred, y, v, f) in pairs.items()
     }
     print(json.dumps(out, indent=1))
