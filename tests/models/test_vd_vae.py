@@ -9,7 +9,7 @@ import torch
 
 from clap_vla.errors import ConfigError
 from clap_vla.models.act_vae import ACT_VAE_PRESETS, ActVAE
-from clap_vla.models.vd_vae import VD_VAE_PRESETS, VDVAE, FactorizedBlock, token_keys
+from clap_vla.models.vd_vae import VD_VAE_PRESETS, VDVAE, FactorizedBlock, normalize_features, token_keys
 from clap_vla.train.optim import build_optimizer
 from clap_vla.types import TransitionBatch
 
@@ -293,3 +293,56 @@ def test_code_usage_term_reaches_the_student_only():
     assert _model(w_usage=1.0).compute_loss(_batch(B=8, robot_frac=1.0))[1]["usage"] == 0
     with pytest.raises(ConfigError, match="usage_tau"):
         _model(usage_tau=0.0)
+
+
+def test_without_video_positives_action_free_samples_leave_the_contrastive_term():
+    """Table VII's "w/o Pseudo Positive Label": the contrastive term sees the robot items only, the
+    teacher is not run, and action-free samples still train the student through reconstruction."""
+    from clap_vla import losses
+
+    b = _batch(B=8, robot_frac=0.5)
+    m = _model(video_positive="none")
+    captured = {}
+
+    def no_teacher(x):
+        raise AssertionError("the teacher ran without video positives")
+
+    m.teacher.forward = no_teacher
+    orig = losses.distributed_siglip_loss
+
+    def spy(z, z_pos, *a, **kw):
+        captured["z"], captured["pos"] = z, z_pos
+        return orig(z, z_pos, *a, **kw)
+
+    losses.distributed_siglip_loss = spy
+    try:
+        loss, metrics = m.compute_loss(b)
+    finally:
+        losses.distributed_siglip_loss = orig
+    robot_items = b.arm_mask & b.has_action[:, None]
+    _, vec = m.act_vae.encode_vectors(b.actions, b.arm_mask)
+    torch.testing.assert_close(captured["pos"], vec[robot_items].flatten(1))
+    assert captured["z"].shape[0] == int(robot_items.sum())
+    # The same robot items and the same seed: the term equals the default's over those items alone.
+    ref = _model(video_positive="teacher")
+    z_act, _ = ref.encoder(normalize_features(b.features_aug))
+    keys = token_keys(m.act_vae.encode_vectors(b.actions, b.arm_mask)[0][robot_items])
+    want = losses.siglip_loss(
+        z_act[robot_items].flatten(1),
+        vec[robot_items].flatten(1),
+        ref.logit_scale,
+        ref.logit_bias,
+        pos_mask=torch.eye(len(keys), dtype=torch.bool) | losses.same_key_mask(keys, keys),
+    )
+    torch.testing.assert_close(metrics["con"], want.detach())
+
+    # All action-free: no contrastive items, the term is 0 and the loss still trains the student.
+    v = _batch(B=8, robot_frac=0.0)
+    m = _model(video_positive="none")
+    loss, metrics = m.compute_loss(v)
+    assert metrics["con"] == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    assert m.logit_scale.grad is not None and m.logit_scale.grad == 0
+    with pytest.raises(ConfigError, match="video_positive"):
+        _model(video_positive="student")

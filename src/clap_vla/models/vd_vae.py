@@ -13,7 +13,8 @@ Loss (eq. 4, weights from Table IX): feature MSE + lambda_vq (VQ + commitment of
 + lambda_con SigLIP(z_v,a, z_a+) + lambda_reg |z_v,i|_1. The contrastive positive z_a+ is the
 frozen Act-VAE's quantised code vectors of the true chunk for robot samples, and an EMA teacher of
 the inverse encoder run on the clean transition for action-free samples (the student sees the
-augmented one). Contrastive items are (sample, present arm) pairs: per arm the Nq x Cd latents are
+augmented one; `video_positive="none"` leaves action-free samples out of this term, Table VII's
+"w/o Pseudo Positive Label"). Contrastive items are (sample, present arm) pairs: per arm the Nq x Cd latents are
 flattened and L2-normalised (reference facts). Robot items whose true token sequences are equal
 count as positives of each other rather than as negatives.
 
@@ -68,7 +69,13 @@ class VDVAEConfig:
     w_reg: float = 0.5
     """lambda_reg (Table IX: 0.5)."""
     teacher_decay: float = 0.999
-    """EMA rate mu of the teacher encoder (Algorithm 2 line 29)."""
+    """EMA rate mu of the teacher encoder (Algorithm 2 line 29). Its time constant, 1 / (1 - mu)
+    steps (1000 at 0.999), should be short next to the schedule: over a schedule not much longer
+    than it the teacher stays close to the randomly initialised encoder."""
+    video_positive: str = "teacher"
+    """Action-free samples' contrastive positive: the EMA teacher on the clean transition ("teacher",
+    the paper) or none ("none": they take no part in the contrastive term and train through
+    reconstruction, VQ and L1 only; Table VII's "w/o Pseudo Positive Label" ablation)."""
     w_usage: float = 0.0
     """Not in the paper (0 = off): weight of losses.code_usage_kl, which pulls the action-free
     samples' soft code usage toward the robot samples' true-code histogram in each batch (the global
@@ -97,6 +104,8 @@ class VDVAEConfig:
                 raise ConfigError(f"VDVAEConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.robot_positive not in ("quantized", "encoder"):
             raise ConfigError(f"VDVAEConfig.robot_positive must be quantized or encoder, got {self.robot_positive!r}")
+        if self.video_positive not in ("teacher", "none"):
+            raise ConfigError(f"VDVAEConfig.video_positive must be teacher or none, got {self.video_positive!r}")
         if not self.usage_tau > 0:
             raise ConfigError(f"VDVAEConfig.usage_tau must be > 0, got {self.usage_tau}")
         if not 0 <= self.teacher_decay < 1:
@@ -234,6 +243,14 @@ class ForwardDecoder(nn.Module):
         return self.out(self.blocks(x)[:, self.cfg.num_latents :])  # (B, P, C)
 
 
+def _distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
 def token_keys(ids: torch.Tensor) -> torch.Tensor:
     """(N, Nq) token ids -> (N,) int64 keys, equal for equal sequences (a fixed random
     multiply-add hash in wrapping int64 arithmetic; collisions are ~2^-62 per pair)."""
@@ -304,17 +321,21 @@ class VDVAE(nn.Module):
                     batch.actions[robot].float(), arm[robot], quantized=cfg.robot_positive == "quantized"
                 )
                 pos[robot], true_ids[robot] = vec, ids
-            if (~robot).any():
+            if (~robot).any() and cfg.video_positive == "teacher":
                 pos[~robot] = self.teacher(clean[~robot])[0].float()
-        items = arm  # (B, A): contrastive items are present arms
+        # (B, A): contrastive items are present arms (of robot samples only without video positives)
+        items = arm if cfg.video_positive == "teacher" else arm & robot[:, None]
         z_items = z_act[items].flatten(1)  # (N, Nq * Cd)
         p_items = pos[items].flatten(1)
         item_robot = robot[:, None].expand_as(arm)[items]  # (N,)
         keys = torch.where(item_robot, token_keys(true_ids[items]), torch.full_like(item_robot, -1, dtype=torch.long))
-        con = losses.distributed_siglip_loss(z_items, p_items, self.logit_scale, self.logit_bias, pos_key=keys)
+        if z_items.shape[0] or _distributed():  # a rank without items still joins the collective
+            con = losses.distributed_siglip_loss(z_items, p_items, self.logit_scale, self.logit_bias, pos_key=keys)
+        else:  # single process, no items (all action-free with video_positive none): 0, still in the graph
+            con = 0.0 * (z_act.sum() + self.logit_scale + self.logit_bias)
         loss = cfg.w_rec * rec + cfg.w_vq * vq + cfg.w_con * con + cfg.w_reg * reg
         usage = torch.zeros((), device=loss.device)
-        video_items, robot_items = items & ~robot[:, None], items & robot[:, None]
+        video_items, robot_items = arm & ~robot[:, None], arm & robot[:, None]
         if cfg.w_usage > 0:
             # Called on every rank, even one without video or robot items: under DDP it is a collective
             # over the global batch (0 when no rank has video items or none has robot items).
