@@ -47,10 +47,23 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1, help="evaluation seed block (1 = the validation block)")
     p.add_argument("--colours", default=",".join(bt.COLOURS))
     p.add_argument("--size", type=int, default=128)
+    p.add_argument(
+        "--domain",
+        choices=("robot", "human"),
+        default="robot",
+        help="render the scenes as the robot sees them or in the human videos' look (diagnostic)",
+    )
+    p.add_argument(
+        "--robot-type",
+        default=None,
+        help="robot category written in the prompt instead of the environment's (diagnostic: the human "
+        "videos are prompted with their dataset's robot_type, 'human')",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
 
     from clap_vla.models.ntp_policy import NTPPolicy
+    from clap_vla.sim.base import ROBOT_TYPE
 
     policy = NTPPolicy(args.policy)
     colours = args.colours.split(",")
@@ -61,7 +74,10 @@ def main() -> None:
         seed = eval_seed(args.seed, k)
         dists = []
         for c in colours:
-            obs = envs[c].reset(seed, appearance=mw.Appearance())
+            look = bt.human_appearance(seed) if args.domain == "human" else mw.Appearance()
+            obs = envs[c].reset(seed, appearance=look)
+            if args.robot_type is not None:
+                obs[ROBOT_TYPE] = args.robot_type
             chosen = heading(policy.infer(obs), envs[c]._env)
             picks[c][chosen] = picks[c].get(chosen, 0) + 1
             dists.append(first_token_distribution(policy, obs, c))
@@ -84,7 +100,14 @@ def main() -> None:
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        out = {"policy": args.policy, "seed_block": args.seed, "colours": rows, "first_token": sensitivity}
+        out = {
+            "policy": args.policy,
+            "seed_block": args.seed,
+            "domain": args.domain,
+            "robot_type": args.robot_type,
+            "colours": rows,
+            "first_token": sensitivity,
+        }
         args.out.write_text(json.dumps(out, indent=1))
 
 
