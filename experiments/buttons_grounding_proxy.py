@@ -30,10 +30,11 @@ expert's own chunk passed through the Act-VAE sets the ceiling of the chunk scor
 
     MUJOCO_GL=egl python experiments/buttons_grounding_proxy.py \\
         --act-vae outputs/exp_human_video_transfer/act_vae --out outputs/exp_grounding_proxy \\
-        --json benchmarks/results/buttons_grounding_proxy.json
+        --steps 1000 --json benchmarks/results/buttons_grounding_proxy.json
 
-About 35 min on 2 cores: rendering 1 min, expert chunks 5 min, features 8 min (all cached in
-`--out`), then about 4 min per target.
+About 60 min on 2 cores: rendering 1 min, expert chunks 5 min, features 8 min (all three cached
+in `--out`), then 7 to 12 min per target at 1000 steps. Results: docs/results.md, "Which target the
+choice can be learned from: a proxy".
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def features(out: Path, scenes: dict[str, np.ndarray], spec: str):
     return res
 
 
-def build_model(visual_dim: int, grid: int, queries: int, out_dim: int):
+def build_model(visual_dim: int, grid: int, queries: int, out_dim: int, pos: str = "concat"):
     import torch
     from torch import nn
 
@@ -160,10 +161,13 @@ def build_model(visual_dim: int, grid: int, queries: int, out_dim: int):
         def __init__(self) -> None:
             super().__init__()
             width = 256
-            self.register_buffer("pos", grid_position_features(grid))  # (P', pos_dim)
-            self.proj = nn.Sequential(
-                nn.Linear(visual_dim + self.pos.shape[1], width), nn.GELU(), nn.Linear(width, width)
-            )
+            if pos == "concat":  # the policy's layout: fixed grid features into the projector
+                self.register_buffer("pos", grid_position_features(grid))  # (P', pos_dim)
+                d_in = visual_dim + self.pos.shape[1]
+            else:  # ViT's: 2-D sin-cos embeddings at the model width, added after the projector
+                self.register_buffer("pos", vit_sincos_2d(grid, width))  # (P', width)
+                d_in = visual_dim
+            self.proj = nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, width))
             self.word = nn.Embedding(4, width)
             self.queries = nn.Parameter(torch.randn(queries, width) * 0.02)
             layer = nn.TransformerEncoderLayer(width, 4, 768, 0.0, batch_first=True, norm_first=True)
@@ -172,11 +176,25 @@ def build_model(visual_dim: int, grid: int, queries: int, out_dim: int):
 
         def forward(self, feats: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
             B = feats.shape[0]
-            visual = self.proj(torch.cat([feats, self.pos.expand(B, -1, -1)], -1))  # (B, P', width)
+            if pos == "concat":
+                visual = self.proj(torch.cat([feats, self.pos.expand(B, -1, -1)], -1))  # (B, P', width)
+            else:
+                visual = self.proj(feats) + self.pos
             x = torch.cat([self.word(colour)[:, None], visual, self.queries.expand(B, -1, -1)], 1)
             return self.head(self.body(x)[:, -self.queries.shape[0] :])  # (B, queries, out_dim)
 
     return Proxy()
+
+
+def vit_sincos_2d(side: int, width: int):
+    """(side*side, width) ViT-style 2-D sin-cos embeddings: a quarter of the width each for sin and
+    cos of the column and of the row, at frequencies 1 / 10000^(i / (width/4))."""
+    import torch
+
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(width // 4) / (width // 4))
+    x, y = x.flatten()[:, None] * omega, y.flatten()[:, None] * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], 1)
 
 
 def heads_for(move: np.ndarray, pos: np.ndarray, hand: np.ndarray) -> np.ndarray:
@@ -188,9 +206,7 @@ def heads_for(move: np.ndarray, pos: np.ndarray, hand: np.ndarray) -> np.ndarray
     return cos.argmax(1)
 
 
-def run_target(
-    target: str, feats, scenes, chunks, act_vae, half: np.ndarray, steps: int, human_share: float, seed: int
-):
+def run_target(target: str, feats, scenes, chunks, act_vae, half, steps: int, human_share: float, seed: int, pos: str):
     import torch
     from torch.nn import functional as F
 
@@ -216,7 +232,7 @@ def run_target(
     pos = {s: torch.from_numpy(scenes[f"{s}_pos"]) for s in SPLITS}
     mu, sd = pos["rob_tr"].reshape(-1, 2).mean(0), pos["rob_tr"].reshape(-1, 2).std(0)
     grid = math.isqrt(feats["rob_tr"].shape[1])
-    model = build_model(feats["rob_tr"].shape[2], grid, queries, out_dim)
+    model = build_model(feats["rob_tr"].shape[2], grid, queries, out_dim, pos)
     opt = torch.optim.AdamW(model.parameters(), 3e-4, weight_decay=0.01)
     B = 64
     nh = round(B * human_share)
@@ -311,13 +327,20 @@ def main() -> None:
         "--out", type=Path, default=Path("outputs/exp_grounding_proxy"), help="cache of frames, chunks, features"
     )
     p.add_argument("--targets", default="xy,chunk,tokens,rf")
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--robot-scenes", type=int, default=600)
     p.add_argument("--human-scenes", type=int, default=100)
     p.add_argument("--eval-scenes", type=int, default=100)
     p.add_argument("--human-share", type=float, default=1 / 3, help="share of each batch from the human-look scenes")
     p.add_argument("--frame-encoder", default="efficientnet-lite0")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pos",
+        choices=("concat", "add"),
+        default="concat",
+        help="visual token positions: fixed grid features concatenated before the projector, as the policy's "
+        "(visual_pos=sincos2d), or ViT-style sin-cos embeddings added after it",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -365,7 +388,9 @@ def main() -> None:
 
     results = {}
     for target in args.targets.split(","):
-        history = run_target(target, feats, scenes, chunks, act_vae, half, args.steps, args.human_share, args.seed)
+        history = run_target(
+            target, feats, scenes, chunks, act_vae, half, args.steps, args.human_share, args.seed, args.pos
+        )
         final = history[-1]
         results[target] = {
             k: {"named": v[0], "probes": v[1], "wilson95": wilson_interval(*v)} for k, v in final.items() if k != "step"
@@ -386,6 +411,7 @@ def main() -> None:
                     "human_scenes": args.human_scenes,
                     "eval_scenes": args.eval_scenes,
                     "human_share": args.human_share,
+                    "pos": args.pos,
                     "ceiling": ceiling,
                     "targets": results,
                 },
