@@ -30,7 +30,7 @@ expert's own chunk passed through the Act-VAE sets the ceiling of the chunk scor
 
     MUJOCO_GL=egl python experiments/buttons_grounding_proxy.py \\
         --act-vae outputs/exp_human_video_transfer/act_vae --out outputs/exp_grounding_proxy \\
-        --steps 1000 --json benchmarks/results/buttons_grounding_proxy.json
+        --steps 1000 --pos add --json benchmarks/results/buttons_grounding_proxy.json
 
 About 60 min on 2 cores: rendering 1 min, expert chunks 5 min, features 8 min (all three cached
 in `--out`), then 7 to 12 min per target at 1000 steps. Results: docs/results.md, "Which target the
@@ -229,8 +229,8 @@ def run_target(target: str, feats, scenes, chunks, act_vae, half, steps: int, hu
         codes["hum_ev"] = codes["rob_ev"]
     K = act_vae.cfg.num_codes
     queries, out_dim = {"xy": (1, 2), "chunk": (16, 2 * 7), "tokens": (nq, K), "rf": (nq + 16, K + 2 * 7)}[target]
-    pos = {s: torch.from_numpy(scenes[f"{s}_pos"]) for s in SPLITS}
-    mu, sd = pos["rob_tr"].reshape(-1, 2).mean(0), pos["rob_tr"].reshape(-1, 2).std(0)
+    places = {s: torch.from_numpy(scenes[f"{s}_pos"]) for s in SPLITS}  # (N, 4, 2) button centres
+    mu, sd = places["rob_tr"].reshape(-1, 2).mean(0), places["rob_tr"].reshape(-1, 2).std(0)
     grid = math.isqrt(feats["rob_tr"].shape[1])
     model = build_model(feats["rob_tr"].shape[2], grid, queries, out_dim, pos)
     opt = torch.optim.AdamW(model.parameters(), 3e-4, weight_decay=0.01)
@@ -240,7 +240,7 @@ def run_target(target: str, feats, scenes, chunks, act_vae, half, steps: int, hu
 
     def target_of(split: str, i: np.ndarray, c: np.ndarray) -> torch.Tensor:
         if target == "xy":
-            return (pos[split][i, c] - mu) / sd
+            return (places[split][i, c] - mu) / sd
         if target == "chunk":
             return torch.from_numpy(chunks[split][i, c])
         if target == "rf":
@@ -267,7 +267,7 @@ def run_target(target: str, feats, scenes, chunks, act_vae, half, steps: int, hu
                 out = model(feats[split], cc)
                 if target == "xy":
                     p = out[:, 0] * sd + mu
-                    chosen = (pos[split] - p[:, None]).norm(dim=-1).argmin(1).numpy()
+                    chosen = (places[split] - p[:, None]).norm(dim=-1).argmin(1).numpy()
                 else:
                     pred = {"tokens": out.argmax(-1), "chunk": out, "rf": out[:, nq:, K:]}[target]
                     chosen = heads_for(decode_move(pred), scenes[f"{split}_pos"], scenes[f"{split}_hand"])
