@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import faulthandler
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,29 @@ def write_toy(
         for e in eps:
             w.add_episode(task=e.task, images={"main": e.frames}, action=e.action, state=e.state, subtasks=e.subtasks)
     return eps
+
+
+# A hung test (a deadlocked worker, a server that never answers) must fail the run within minutes
+# with every thread's stack, not stall CI until its 90-minute limit. The slowest test takes ~2 min.
+TEST_WATCHDOG_S = float(os.environ.get("CLAP_TEST_WATCHDOG_S", 900))
+_REAL_STDERR = None  # the terminal's stderr: pytest redirects fd 2 into its capture file
+
+
+def pytest_configure(config):
+    global _REAL_STDERR
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if capman is None:
+        _REAL_STDERR = os.fdopen(os.dup(2), "w")
+        return
+    with capman.global_and_fixture_disabled():
+        _REAL_STDERR = os.fdopen(os.dup(2), "w")
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    faulthandler.dump_traceback_later(TEST_WATCHDOG_S, exit=True, file=_REAL_STDERR)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -107,16 +109,39 @@ def test_batched_chunks_equal_the_window_by_window_reads(tmp_path, arms):
 def test_dataloader_workers_match_single_process(toy):
     root, _ = toy
     wd = WindowDataset(root, WindowConfig(horizon=8))
-    wd.ds.frames(0, "main", [0])  # open a reader in the parent before forking (must not leak into workers)
+    wd.ds.frames(0, "main", [0])  # open a reader in the parent first (must not travel to the workers)
     idx = list(range(0, len(wd), 3))
     ref = collate_windows([wd[i] for i in idx])
+    # Spawned workers: forking a test process that already runs torch, pyarrow and ffmpeg threads can
+    # deadlock the child (it hung CI for 80 minutes once). The fork path's own guard is tested below.
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(wd, idx), batch_size=len(idx), num_workers=2, collate_fn=collate_windows
+        torch.utils.data.Subset(wd, idx),
+        batch_size=len(idx),
+        num_workers=2,
+        collate_fn=collate_windows,
+        multiprocessing_context="spawn",
+        timeout=300,
     )
     got = next(iter(loader))
     assert torch.equal(got.actions, ref.actions)
     assert torch.equal(got.frames["observation.images.main"], ref.frames["observation.images.main"])
     assert got.instruction == ref.instruction
+
+
+def test_a_forked_copy_opens_its_own_readers(toy):
+    """What a forked DataLoader worker sees: the parent's dataset object with its open readers, in a
+    process with another pid. It must open new readers, not seek in the parent's shared files."""
+    root, _ = toy
+    ds = RobotDataset(root)
+    first = ds.frames(0, "main", [0, 1])
+    parent_pool = ds._pool
+    ds._pool_pid = -1  # as if this object had been inherited by a child process
+    again = ds.frames(0, "main", [0, 1])
+    assert ds._pool is not parent_pool and ds._pool_pid == os.getpid()
+    np.testing.assert_array_equal(again, first)
+    own_pool = ds._pool
+    ds.frames(0, "main", [2])
+    assert ds._pool is own_pool  # kept, not rebuilt on every read
 
 
 def test_frame_cache_equals_decoding(tmp_path):
