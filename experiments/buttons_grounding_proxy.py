@@ -30,7 +30,7 @@ expert's own chunk passed through the Act-VAE sets the ceiling of the chunk scor
 
     MUJOCO_GL=egl python experiments/buttons_grounding_proxy.py \\
         --act-vae outputs/exp_human_video_transfer/act_vae --out outputs/exp_grounding_proxy \\
-        --steps 1000 --pos add --json benchmarks/results/buttons_grounding_proxy.json
+        --steps 1000 --pos vit --json benchmarks/results/buttons_grounding_proxy.json
 
 About 60 min on 2 cores: rendering 1 min, expert chunks 5 min, features 8 min (all three cached
 in `--out`), then 7 to 12 min per target at 1000 steps. Results: docs/results.md, "Which target the
@@ -54,7 +54,12 @@ def render_scenes(out: Path, robot_scenes: int, human_scenes: int, eval_scenes: 
     """First frames (N, h, w, 3), button positions (N, 4, 2) and hand positions (N, 2) per split."""
     path = out / "scenes.npz"
     if path.exists():
-        return dict(np.load(path))
+        cached = dict(np.load(path))
+        want = {"rob_tr": robot_scenes, "hum_tr": human_scenes, "rob_ev": eval_scenes, "hum_ev": eval_scenes}
+        got = {k: len(cached[f"{k}_im"]) for k in want}
+        if got != want:  # the chunk and feature caches beside it follow these scenes
+            raise SystemExit(f"{path}: cached scene counts {got} differ from the requested {want}; use another --out")
+        return cached
     from clap_vla.sim import buttons as bt
     from clap_vla.sim import metaworld as mw
     from clap_vla.sim.generate import demo_seed
@@ -161,12 +166,13 @@ def build_model(visual_dim: int, grid: int, queries: int, out_dim: int, pos: str
         def __init__(self) -> None:
             super().__init__()
             width = 256
-            if pos == "concat":  # the policy's layout: fixed grid features into the projector
-                self.register_buffer("pos", grid_position_features(grid))  # (P', pos_dim)
-                d_in = visual_dim + self.pos.shape[1]
-            else:  # ViT's: 2-D sin-cos embeddings at the model width, added after the projector
+            if pos == "vit":  # ViT's: fixed 2-D sin-cos embeddings at the model width, added after the projector
                 self.register_buffer("pos", vit_sincos_2d(grid, width))  # (P', width)
-                d_in = visual_dim
+            else:  # the policy's grid features (nn/vlm.py)
+                self.register_buffer("pos", grid_position_features(grid))  # (P', pos_dim)
+            d_in = visual_dim + (self.pos.shape[1] if pos == "concat" else 0)
+            if pos == "add":  # visual_pos=sincos2d_add: a linear map of them, added after the projector
+                self.pos_embed = nn.Linear(self.pos.shape[1], width, bias=False)
             self.proj = nn.Sequential(nn.Linear(d_in, width), nn.GELU(), nn.Linear(width, width))
             self.word = nn.Embedding(4, width)
             self.queries = nn.Parameter(torch.randn(queries, width) * 0.02)
@@ -178,6 +184,8 @@ def build_model(visual_dim: int, grid: int, queries: int, out_dim: int, pos: str
             B = feats.shape[0]
             if pos == "concat":
                 visual = self.proj(torch.cat([feats, self.pos.expand(B, -1, -1)], -1))  # (B, P', width)
+            elif pos == "add":
+                visual = self.proj(feats) + self.pos_embed(self.pos)
             else:
                 visual = self.proj(feats) + self.pos
             x = torch.cat([self.word(colour)[:, None], visual, self.queries.expand(B, -1, -1)], 1)
@@ -336,10 +344,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--pos",
-        choices=("concat", "add"),
+        choices=("concat", "add", "vit"),
         default="concat",
-        help="visual token positions: fixed grid features concatenated before the projector, as the policy's "
-        "(visual_pos=sincos2d), or ViT-style sin-cos embeddings added after it",
+        help="visual token positions: `concat` the policy's fixed grid features concatenated before the projector "
+        "(visual_pos=sincos2d); `add` a linear map of them added after it (visual_pos=sincos2d_add); `vit` fixed "
+        "ViT-style sin-cos embeddings at the model width added after it",
     )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()

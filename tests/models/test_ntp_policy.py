@@ -296,11 +296,12 @@ def test_grid_position_features_match_a_float64_loop_and_tell_every_cell_apart()
     assert torch.cdist(got, got).add(torch.eye(side * side) * 9).min() > 0.1  # no two cells alike
 
 
-@pytest.mark.parametrize("pos", ["none", "sincos2d"])
+@pytest.mark.parametrize("pos", ["none", "sincos2d", "sincos2d_add"])
 def test_visual_position_features_say_where_a_patch_is(pos):
     """Moving a patch to another cell only reorders the visual tokens without position features; with
-    `sincos2d` the token a patch becomes depends on its cell (so the LM can read where a coloured
-    button is). The projector reads the features plus 4*POS_FREQS position channels."""
+    them the token a patch becomes depends on its cell (so the LM can read where a coloured button
+    is). `sincos2d`: the projector reads the features plus 4*POS_FREQS position channels;
+    `sincos2d_add`: a cell's code is added after the projector, the same whatever the patch shows."""
     from clap_vla.nn.vlm import POS_FREQS
 
     cfg = NTPConfig(vlm=VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus", visual_pos=pos),
@@ -315,8 +316,27 @@ def test_visual_position_features_say_where_a_patch_is(pos):
         h1, h2 = (m.vlm(v, ids, mask, output_hidden_states=True).hidden_states[0][0, :4] for v in (vis, swapped))
     same_tokens = torch.allclose(h1[[3, 1, 2, 0]], h2, atol=1e-6)
     assert same_tokens == (pos == "none")
+    if pos == "sincos2d_add":
+        from clap_vla.nn.vlm import grid_position_features
+
+        code = h1 - m.vlm.projector(vis[0, 0])  # what each cell adds: the same for any content
+        torch.testing.assert_close(h2 - m.vlm.projector(swapped[0, 0]), code)
+        torch.testing.assert_close(code, m.vlm.pos_embed(grid_position_features(2)))
+        assert code.norm(dim=1).min() > 0 and torch.cdist(code, code).add(torch.eye(4) * 9).min() > 1e-3
     with pytest.raises(ConfigError, match="visual_pos"):
         VLMConfig("tiny", visual_pos="learned")
+
+
+def test_visual_positions_added_after_the_projector_reach_it_with_a_gradient():
+    cfg = NTPConfig(vlm=VLMConfig("tiny", visual_dim=C, num_action_tokens=K, tokenizer="corpus",
+                                  visual_pos="sincos2d_add", visual_merge=2),
+                    codes_per_arm=NQ, num_codes=K)  # fmt: skip
+    m = NTPModel(cfg, tokenizer=tokenizer(), seed=0)
+    ids = torch.tensor([TextTokens(m.tokenizer, m.act_offset).prompt("sawyer", INSTR[0])])
+    vis = torch.randn(1, 2, 16, C)  # two frames of a 4x4 grid, merged to 2x2 each
+    mask = torch.ones(1, 8 + ids.shape[1], dtype=torch.long)
+    m.vlm(vis, ids, mask).hidden.square().mean().backward()
+    assert m.vlm.pos_embed.weight.grad.abs().sum() > 0
 
 
 def test_artifacts_saved_before_visual_positions_load_without_them():

@@ -33,7 +33,7 @@ ACTION_TOKEN = "<ACT_{}>"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NEW_ROW_NOISE = 0.02  # new embedding rows: mean of the existing rows + 2% of their std (reference facts)
 
-VISUAL_POS = ("sincos2d", "none")
+VISUAL_POS = ("sincos2d", "sincos2d_add", "none")
 PREFIX_ATTENTION = ("causal", "bidirectional")
 POS_FREQS = 8  # sincos2d: frequencies per axis -> 4 * POS_FREQS features per visual token
 
@@ -86,10 +86,13 @@ class VLMConfig:
     visual_pos: str = "sincos2d"
     """Where each visual token sits in the image, for the Llama builds: ``sincos2d`` appends fixed 2-D
     sine/cosine features of its (row, column) on the patch grid to its frame features before the
-    projector; ``none`` feeds the features alone. The frozen CNN's features say little about absolute
-    position and the LM's 1-D RoPE only orders tokens, so without it the LM has no direct way to tell
-    where a red patch is (a ViT tower, SigLIP or Qwen3-VL's own, carries 2-D position; this stands
-    in for it; docs/ntp.md). Artifacts saved before this option load as ``none``."""
+    projector; ``sincos2d_add`` maps the same grid features linearly to the LM width and adds them to
+    the projector's output, so a token's position code does not depend on what it shows (as a ViT
+    adds position embeddings to its patch embeddings); ``none`` feeds the features alone. The frozen
+    CNN's features say little about absolute position and the LM's 1-D RoPE only orders tokens, so
+    without them the LM has no direct way to tell where a red patch is (a ViT tower, SigLIP or
+    Qwen3-VL's own, carries 2-D position; this stands in for it; docs/ntp.md). Artifacts saved
+    before this option load as ``none``."""
     visual_merge: int = 1
     """r: each r x r block of neighbouring patches becomes one visual token whose features are the
     block's r*r feature vectors concatenated (pixel shuffle, as SmolVLM does before its projector).
@@ -278,10 +281,13 @@ class LlamaVLM(nn.Module):
         self.tokenizer = tokenizer
         self.act_offset = act_offset
         E = lm.config.hidden_size
-        self.pos_dim = 4 * POS_FREQS if visual_pos == "sincos2d" else 0
-        self.projector = nn.Sequential(
-            nn.Linear(visual_dim * merge * merge + self.pos_dim, E), nn.GELU(), nn.Linear(E, E)
-        )
+        self.pos_dim = 4 * POS_FREQS if visual_pos != "none" else 0
+        concat = self.pos_dim if visual_pos == "sincos2d" else 0
+        self.projector = nn.Sequential(nn.Linear(visual_dim * merge * merge + concat, E), nn.GELU(), nn.Linear(E, E))
+        if visual_pos == "sincos2d_add":
+            # Content-independent: the same code is added whatever the patch shows, so a token that
+            # attention picks out for an unseen colour still says where it is.
+            self.pos_embed = nn.Linear(self.pos_dim, E, bias=False)
         self.visual_dim = visual_dim
         self.merge = merge
         self.visual_pos = visual_pos
@@ -349,9 +355,12 @@ class LlamaVLM(nn.Module):
                 if g * g != P:
                     raise ValueError(f"visual_pos={self.visual_pos} needs a square patch grid; got {P} patches")
                 pos = grid_position_features(g).to(visual.device, visual.dtype)  # (P', pos_dim)
-                visual = torch.cat([visual, pos.expand(B, N, P, self.pos_dim)], -1)
-                C = C + self.pos_dim
+                if self.visual_pos == "sincos2d":
+                    visual = torch.cat([visual, pos.expand(B, N, P, self.pos_dim)], -1)
+                    C = C + self.pos_dim
             vis = self.projector(visual.reshape(B, N * P, C).to(emb.dtype))  # (B, N*P', E)
+            if self.visual_pos == "sincos2d_add":
+                vis = vis + self.pos_embed(pos.to(emb.dtype)).repeat(N, 1)  # frame-major, as the tokens
             emb = torch.cat([vis, emb], 1)
             text_start = N * P
         T = emb.shape[1]
