@@ -52,3 +52,21 @@ def test_validate_reports_problems_with_exit_1(toy, tmp_path, capsys):
 def test_config_validation_error_names_the_field(tmp_path, capsys):
     assert main(["data", "import-videos", str(tmp_path), "--out", str(tmp_path / "o"), "--fps", "0"]) == 2
     assert "fps must be positive" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(toy):
+    """`clap data info DS | head -1`: the reader leaves before clap writes; no traceback, SIGPIPE's code."""
+    import os
+
+    root, _ = toy
+    read, write = os.pipe()
+    os.close(read)  # the reader has already gone, so the first write fails with EPIPE
+    try:
+        code = "import sys; from clap_vla.cli import main; sys.exit(main(sys.argv[1:]))"
+        p = subprocess.run(
+            [sys.executable, "-c", code, "data", "info", str(root)], stdout=write, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "BrokenPipeError" not in p.stderr, p.stderr

@@ -173,3 +173,21 @@ def test_killed_writer_leaves_old_dataset_or_none(tmp_path, existing):
     # The killed writer's temp dir is cleaned up by the next writer of the same target.
     write_toy(root, n=1, length=10, size=32, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_too_few_episodes_names_the_holdout_flag(toy):
+    """The toy set has 3 episodes: the default split (every 10th held out) has nothing to hold out."""
+    from clap_vla.data.chunks import load_chunks
+    from clap_vla.data.normalize import ActionNormalizer
+    from clap_vla.data.transitions import load_transitions
+    from clap_vla.data.windows import fit_norm_stats
+
+    root, eps = toy
+    assert len(eps) < 10
+    with pytest.raises(DatasetError, match=r"no held-out episodes .*pass --holdout-every N"):
+        load_chunks([root], 4, progress=False)
+    norm = ActionNormalizer(fit_norm_stats(RobotDataset(root), WindowConfig(horizon=4)))
+    with pytest.raises(DatasetError, match=r"no held-out episodes .*pass --holdout-every N"):
+        load_transitions(root, 4, normalizer=norm, holdout_every=10, progress=False)
+    train, held, _ = load_chunks([root], 4, holdout_every=len(eps), progress=False)  # what the message says works
+    assert len(train) > 0 and len(held) > 0

@@ -344,6 +344,21 @@ def test_a_remote_policy_drives_a_real_metaworld_episode():
     assert res["tasks"]["reach-v3"]["episodes"] == 1
 
 
+@pytest.mark.parametrize("spec", ["random", "noop"])
+def test_baseline_metadata_has_the_documented_policy_fields(spec):
+    """docs/serving.md lists horizon and camera in `policy`: a baseline reports 1 row and no camera."""
+    from clap_vla.serve.server import load_policy
+
+    policy, info = load_policy(spec)
+    assert info["horizon"] == 1 and "camera" in info and info["camera"] is None
+    with ServerThread(PolicyServer(policy, ServeConfig(policy=spec, port=0))) as s, PolicyClient(s.url) as c:
+        assert c.metadata["policy"]["horizon"] == 1 and c.metadata["action"]["horizon"] == 1
+        assert c.metadata["policy"]["camera"] is None
+        state = np.array([0.1, 0.5, 0.2, 0, 0, 0, 0], np.float32)
+        obs = {"images": {"main": np.zeros((8, 8, 3), np.uint8)}, "state": state, "instruction": "x", "robot_type": "t"}
+        assert c.infer(obs)["actions"].shape == (1, 7)
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="port must be in"):
         ServeConfig(policy="random", port=70000)

@@ -304,6 +304,21 @@ def test_a_refused_command_leaves_the_existing_run_untouched(tmp_path: Path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_an_action_dim_the_data_does_not_have_is_refused_before_training(tmp_path: Path, capsys):
+    from tests.conftest import write_toy
+
+    from clap_vla.cli import main
+
+    write_toy(tmp_path / "one", n=10, length=20, size=32)
+    out = tmp_path / "av"
+    args = ["train", "act-vae", "--config", "act_vae_tiny", "--data", str(tmp_path / "one"), "--out", str(out),
+            "--train.steps", "2", "--train.no-progress", "--model.action-dim", "6"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--model.action-dim 6" in err and "holds 7 action values per arm" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_dry_run_builds_model_and_batch_trains_one_step_and_writes_nothing(tmp_path: Path, capsys):
     from tests.conftest import write_toy
 

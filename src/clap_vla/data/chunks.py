@@ -20,7 +20,7 @@ import torch
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.normalize import ActionNormalizer, NormStats
 from clap_vla.data.windows import WindowConfig, WindowDataset, fit_norm_stats
-from clap_vla.errors import ConfigError, DatasetError
+from clap_vla.errors import ConfigError, DatasetError, holdout_hint
 from clap_vla.types import ChunkBatch
 
 
@@ -81,7 +81,8 @@ def load_chunks(
         if not parts[held]:
             raise DatasetError(
                 f"{[str(p) for p in paths]}: no {'held-out' if held else 'training'} episodes "
-                f"(every {holdout_every}th episode is held out; need at least {holdout_every} episodes)"
+                f"(every {holdout_every}th episode is held out; need at least {holdout_every} episodes). "
+                + holdout_hint(holdout_every)
             )
         cols = [torch.cat(c) for c in zip(*parts[held], strict=True)]
         out.append(ChunkTensors(*cols))

@@ -33,7 +33,7 @@ import torch
 from clap_vla.data.dataset import RobotDataset
 from clap_vla.data.normalize import ActionNormalizer
 from clap_vla.data.windows import WindowConfig, WindowDataset
-from clap_vla.errors import ConfigError, DatasetError
+from clap_vla.errors import ConfigError, DatasetError, holdout_hint
 from clap_vla.types import ARM_DIM, ARM_NAMES, NUM_ARMS, TransitionBatch
 
 
@@ -215,7 +215,7 @@ def load_transitions(
         if not sel.any() and (holdout_every or sel is not held):
             raise DatasetError(
                 f"{ds.root}: no {'held-out' if sel is held else 'training'} episodes (every {holdout_every}th "
-                f"episode is held out; need at least {holdout_every} episodes)"
+                f"episode is held out; need at least {holdout_every} episodes). " + holdout_hint(holdout_every)
             )
         s = torch.from_numpy(sel)
         out.append(

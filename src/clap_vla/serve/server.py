@@ -69,14 +69,15 @@ def load_policy(spec: str, seed: int = 0) -> tuple[Policy, dict[str, Any]]:
 
 
 def describe_policy(spec: str, policy: Policy) -> dict[str, Any]:
-    """Name, class, chunk length and, for an artifact, its stage, step, robot types and camera."""
+    """Name, class, chunk length (`horizon`), camera and, for an artifact, its stage, step and robot types.
+    `horizon` and `camera` are always present: None when the policy does not say (a user's policy
+    without those attributes) or, for `camera`, reads no image (the baselines)."""
     info: dict[str, Any] = {"spec": spec, "class": type(policy).__qualname__}
     act_vae_cfg = getattr(getattr(policy, "act_vae", None), "cfg", None)
     horizon = getattr(policy, "horizon", None) or getattr(act_vae_cfg, "horizon", None)
-    if isinstance(horizon, int):
-        info["horizon"] = horizon
-    if isinstance(getattr(policy, "camera", None), str):
-        info["camera"] = policy.camera
+    info["horizon"] = horizon if isinstance(horizon, int) else None
+    camera = getattr(policy, "camera", None)
+    info["camera"] = camera if isinstance(camera, str) else None
     meta_path = Path(spec) / "meta.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())

@@ -55,6 +55,9 @@ class RandomPolicy:
     random absolute targets: each arm within `reach` metres of where it is, orientation kept,
     gripper command uniform in [-1, 1]."""
 
+    horizon = 1  # rows per call (a server's metadata reports it)
+    camera = None  # reads no image
+
     def __init__(self, rng: np.random.Generator, reach: float = 0.05, env: SimEnv | None = None) -> None:
         self.rng, self.reach = rng, reach
         self._env_random = getattr(env, "random_action", None)
@@ -70,6 +73,9 @@ class RandomPolicy:
 
 class HoldPolicy:
     """Keeps the robot where it is (the env's `hold_action` when it has one): a no-op."""
+
+    horizon = 1
+    camera = None
 
     def __init__(self, env: SimEnv) -> None:
         self.env = env

@@ -36,6 +36,12 @@ def run(cfg: ActVAETrainConfig) -> int:
     train, held, stats = load_chunks(
         list(cfg.data), cfg.model.horizon, holdout_every=cfg.holdout_every, progress=info.is_main and cfg.train.progress
     )
+    data_dim = int(train.actions.shape[-1])
+    if cfg.model.action_dim != data_dim:  # refuse before the first step, not in it
+        raise ConfigError(
+            f"--model.action-dim {cfg.model.action_dim}: the data ({', '.join(map(str, cfg.data))}) holds {data_dim} "
+            f"action values per arm [x, y, z, roll, pitch, yaw, gripper]; drop the flag or pass {data_dim}"
+        )
     torch.manual_seed(cfg.train.seed)
     model = ActVAE(cfg.model)
     if info.is_main:
