@@ -1,4 +1,4 @@
-"""Dimension glossary and typed batches shared by every stage.
+"""Dimension glossary, typed batches shared by every stage, and the policy contract.
 
 Shape comments in the code base use these letters:
 
@@ -19,9 +19,10 @@ Torch is imported lazily so that `import clap_vla.types` stays cheap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 NUM_ARMS = 2
@@ -158,3 +159,30 @@ class NTPBatch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
+
+
+# -- the policy contract ----------------------------------------------------------------------------
+# What learned policies (models/), simulators and scripted experts (sim/) and the policy server
+# (serve/) all speak; it lives here, below all three (docs/simulation.md, "The contract").
+# An observation is a plain dict (so the same object crosses the policy server's msgpack wire):
+#
+#     {
+#       "images":      {camera: (h, w, 3) uint8, upright},
+#       "state":       (n*7,) float32: per-arm [x, y, z, roll, pitch, yaw, gripper] of the arms the
+#                      robot has, in `arms` order (the dataset's `observation.state` layout),
+#       "instruction": str,
+#       "robot_type":  str,
+#     }
+#
+# A policy returns an action chunk `(k, n*7)` float32 in the dataset's `action` layout: per arm the
+# ABSOLUTE end-effector target pose and gripper command for the next steps (docs/conventions.md).
+
+Observation = dict[str, Any]
+IMAGES, STATE, INSTRUCTION, ROBOT_TYPE = "images", "state", "instruction", "robot_type"
+
+
+@runtime_checkable
+class Policy(Protocol):
+    def infer(self, observation: Observation) -> np.ndarray:
+        """(k, n*7) float32 action chunk for this observation; k >= 1."""
+        ...

@@ -197,7 +197,7 @@ def test_overfits_one_batch():
     last = {k: float(v) for k, v in metrics.items()}
     assert last["rec"] < 0.3 * first["rec"]
     assert last["con"] < 0.3 * first["con"]
-    from clap_vla.stages.eval_vd_vae import retrieval
+    from clap_vla.eval.vd_vae import retrieval
 
     ids, _, z = m.infer_codes(b.features, b.arm_mask)
     true_ids, vec = m.act_vae.encode_vectors(b.actions, b.arm_mask)

@@ -330,8 +330,9 @@ def test_remote_policy_is_a_rollout_policy(server):
 
 
 def test_a_remote_policy_drives_a_real_metaworld_episode():
+    import clap_vla.sim  # noqa: F401  (chooses MuJoCo's GL backend before metaworld imports mujoco)
+
     pytest.importorskip("metaworld")
-    import clap_vla.sim  # noqa: F401  (chooses MuJoCo's GL backend before mujoco is imported)
     from clap_vla.configs.sim import RolloutConfig
     from clap_vla.serve.server import load_policy
     from clap_vla.sim.rollout import evaluate

@@ -133,10 +133,10 @@ def test_label_and_eval(setup, tmp_path, monkeypatch):
                  str(true_shard), "--no-progress", "--stride", "2"]) == 0  # fmt: skip
     cols, meta = read_token_shard(true_shard)
     assert meta["kind"] == "true" and (cols["frame_index"] % 2 == 0).all()
+    from clap_vla.artifacts import norm_stats_for
     from clap_vla.data.normalize import ActionNormalizer
     from clap_vla.data.windows import WindowConfig, WindowDataset
     from clap_vla.models.act_vae import load_act_vae
-    from clap_vla.stages.eval_act_vae import norm_stats_for
 
     model, am = load_act_vae(setup / "av")
     norm = ActionNormalizer(norm_stats_for(setup / "av", am, setup / "robot"))
@@ -207,10 +207,10 @@ def test_dataset_norm_trains_labels_and_evaluates_on_standardised_features(setup
     """--features.dataset-norm: every dataset is read through its own feature statistics, in
     training, labelling and evaluation (taken from the artifact's config)."""
     from clap_vla.configs.vd_vae import FeatureConfig
+    from clap_vla.data.providers import feature_provider
     from clap_vla.data.tokens import read_token_shard
     from clap_vla.data.transitions import StandardizedFeatures
     from clap_vla.nn.frame_encoders import build_frame_encoder
-    from clap_vla.stages.train_vd_vae import feature_provider
 
     monkeypatch.setenv("CLAP_CACHE_DIR", str(setup / "cache"))
     vd = tmp_path / "vd"
@@ -286,7 +286,7 @@ def test_heading_metric_against_a_naive_float64_loop():
     only chunks that move at least MIN_MOTION, and a zero prediction scores 0."""
     from clap_vla.data.action_space import ArmLayout
     from clap_vla.data.normalize import ActionNormalizer, compute_norm_stats
-    from clap_vla.stages.eval_vd_vae import MIN_MOTION, heading_cosines, net_translation
+    from clap_vla.eval.vd_vae import MIN_MOTION, heading_cosines, net_translation
 
     rng = np.random.default_rng(0)
     B, H = 6, 5

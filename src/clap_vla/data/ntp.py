@@ -20,8 +20,8 @@ import torch
 
 from clap_vla.data import lerobot_format as lf
 from clap_vla.data.dataset import RobotDataset
+from clap_vla.data.ntp_text import IGNORE, codes_to_ids, prompt_text, target_text
 from clap_vla.errors import ConfigError, DatasetError
-from clap_vla.models.ntp_policy import IGNORE, codes_to_ids, prompt_text, target_text
 from clap_vla.types import NUM_ARMS, NTPBatch
 
 

@@ -1,7 +1,7 @@
 """CLAP-NTP: a vision-language model that writes the subtask, then the action tokens (paper §III-D,
 Algorithm 3).
 
-Sequence (reference facts, CLAP-NTP):
+Sequence (the text format is data/ntp_text.py's; reference facts, CLAP-NTP):
 
     [visual tokens] "Robot category: {robot}. Control the robot to do the task: {instruction}.
     Output the subtask and the action tokens." | "Subtask: {subtask}\\nAction:" <ACT_..> x Nq per arm
@@ -25,18 +25,21 @@ import numpy as np
 import torch
 from torch import nn
 
+# The text format is data's (data/ntp_text.py); re-exported here, where scripts and tests look for it.
+from clap_vla.data.ntp_text import (
+    ACTION_MARK,
+    IGNORE,
+    PROMPT,
+    TARGET,
+    codes_to_ids,
+    ids_to_codes,
+    prompt_text,
+    target_text,
+)
 from clap_vla.errors import ConfigError
 from clap_vla.nn.vlm import VLMConfig, build_vlm
 from clap_vla.train.distributed import global_count
-from clap_vla.types import NUM_ARMS, NTPBatch
-
-PROMPT = (
-    "Robot category: {robot}. Control the robot to do the task: {instruction}. "
-    "Output the subtask and the action tokens."
-)
-TARGET = "Subtask: {subtask}\nAction:"
-ACTION_MARK = "Action:"
-IGNORE = -100
+from clap_vla.types import NTPBatch
 
 
 @dataclass(frozen=True)
@@ -63,34 +66,9 @@ class NTPConfig:
             )
 
 
-def prompt_text(robot: str, instruction: str) -> str:
-    return PROMPT.format(robot=robot or "robot", instruction=instruction.strip().rstrip("."))
-
-
-def target_text(subtask: str) -> str:
-    return TARGET.format(subtask=subtask.strip() or "none")
-
-
 def prefix_lengths(labels: torch.Tensor) -> torch.Tensor:
     """(B, T) labels -> (B,) number of leading prompt tokens (labels IGNORE before the target)."""
     return (labels == IGNORE).long().cumprod(1).sum(1)
-
-
-def codes_to_ids(codes: np.ndarray | torch.Tensor, offset: int) -> list[int]:
-    """(A, Nq) codes of one sample, -1 rows for absent arms -> token ids in arm order left, right."""
-    c = np.asarray(codes)
-    return [int(offset + k) for a in range(NUM_ARMS) if (c[a] >= 0).all() for k in c[a]]
-
-
-def ids_to_codes(ids: list[int] | np.ndarray, arm_mask: np.ndarray, codes_per_arm: int, offset: int) -> np.ndarray:
-    """Inverse of `codes_to_ids`: -> (A, Nq) int64 with -1 rows for absent arms."""
-    mask = np.asarray(arm_mask, bool)
-    ids = np.asarray(ids, np.int64)
-    if len(ids) != mask.sum() * codes_per_arm:
-        raise ValueError(f"{len(ids)} action tokens for {int(mask.sum())} arm(s) x Nq {codes_per_arm}")
-    out = np.full((NUM_ARMS, codes_per_arm), -1, np.int64)
-    out[mask] = (ids - offset).reshape(-1, codes_per_arm)
-    return out
 
 
 class NTPModel(nn.Module):
@@ -323,7 +301,7 @@ class NTPPolicy:
         return self._stats[0][1]
 
     def _visual(self, observation) -> torch.Tensor:
-        from clap_vla.sim.base import IMAGES
+        from clap_vla.types import IMAGES
 
         images = observation[IMAGES]
         if not images:
@@ -354,7 +332,7 @@ class NTPPolicy:
         """Observation -> absolute chunk (H, n*7); `last_timing` holds the seconds spent in encode,
         prefix, decode (or denoise) and post (tokens/velocities -> absolute actions)."""
         from clap_vla.data.action_space import ArmLayout
-        from clap_vla.sim.base import INSTRUCTION, ROBOT_TYPE, STATE
+        from clap_vla.types import INSTRUCTION, ROBOT_TYPE, STATE
 
         t0 = time.perf_counter()
         robot = str(observation.get(ROBOT_TYPE) or "robot")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clap_vla.errors import ConfigError
-from clap_vla.nn.vlm import ACTION_TOKEN, VLMConfig, VLMOutput, add_action_tokens, init_new_rows
+from clap_vla.nn.vlm_base import ACTION_TOKEN, VLMConfig, VLMOutput, add_action_tokens, init_new_rows
 
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 # Qwen3-VL's preprocessor_config.json values, used when a model directory has none.

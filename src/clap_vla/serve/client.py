@@ -20,7 +20,7 @@ import numpy as np
 
 from clap_vla.errors import ClapError
 from clap_vla.serve.protocol import BAD_REQUEST, packb, unpackb
-from clap_vla.sim.base import Observation
+from clap_vla.types import Observation
 
 SERVER_ENV, API_KEY_ENV = "CLAP_POLICY_SERVER", "CLAP_API_KEY"
 DEFAULT_URL = "ws://127.0.0.1:8000"

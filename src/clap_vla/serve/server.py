@@ -37,7 +37,7 @@ from clap_vla.configs.serve import ServeConfig
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.serve.protocol import BAD_REQUEST, PROTOCOL, PROTOCOL_VERSION, RequestError, packb, unpackb
 from clap_vla.serve.validate import ARM_DIM, REQUIRED, STATE_DIMS, check_actions, validate_observation
-from clap_vla.sim.base import STATE, Observation, Policy
+from clap_vla.types import STATE, Observation, Policy
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Requests and replies checked against the Observation contract of `clap_vla.sim.base`.
+"""Requests and replies checked against the Observation contract of `clap_vla.types`.
 
 A request must be the observation dict itself (what openpi's client sends: `infer(obs)` packs `obs`):
 every contract key present with the documented type, dtype and shape. Extra keys pass through to the
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from clap_vla.serve.protocol import RequestError
-from clap_vla.sim.base import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE, Observation
+from clap_vla.types import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE, Observation
 
 REQUIRED = (IMAGES, STATE, INSTRUCTION, ROBOT_TYPE)
 ARM_DIM = 7  # per arm [x, y, z, roll, pitch, yaw, gripper]

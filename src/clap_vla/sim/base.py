@@ -1,37 +1,32 @@
-"""The contract between simulators, scripted experts, learned policies and the rollout harness.
+"""The contract between simulators, scripted experts and the rollout harness: `SimEnv`, `StepResult`.
 
-An observation is a plain dict (so the same object crosses the policy server's msgpack wire):
-
-    {
-      "images":      {camera: (h, w, 3) uint8, upright},
-      "state":       (n*7,) float32: per-arm [x, y, z, roll, pitch, yaw, gripper] of the arms the
-                     robot has, in `arms` order (the dataset's `observation.state` layout),
-      "instruction": str,
-      "robot_type":  str,
-    }
-
-A policy returns an action chunk `(k, n*7)` float32 in the dataset's `action` layout: per arm the
-ABSOLUTE end-effector target pose and gripper command for the next steps (docs/conventions.md).
-The environment converts each row into its simulator's native command. The harness executes the
-first `replan_every` rows, then asks again.
+The observation dict and the `Policy` protocol that learned policies, experts and the policy
+server share are defined in `clap_vla.types` (below models, sim and serve) and re-exported here.
+The environment converts each row of a policy's chunk into its simulator's native command. The
+harness executes the first `replan_every` rows, then asks again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 
-Observation = dict[str, Any]
-IMAGES, STATE, INSTRUCTION, ROBOT_TYPE = "images", "state", "instruction", "robot_type"
+from clap_vla.types import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE, Observation, Policy
 
-
-@runtime_checkable
-class Policy(Protocol):
-    def infer(self, observation: Observation) -> np.ndarray:
-        """(k, n*7) float32 action chunk for this observation; k >= 1."""
-        ...
+__all__ = [
+    "IMAGES",
+    "INSTRUCTION",
+    "ROBOT_TYPE",
+    "STATE",
+    "EnvModule",
+    "Observation",
+    "Policy",
+    "SimEnv",
+    "StepResult",
+    "steps_without_render",
+]
 
 
 @dataclass

@@ -12,22 +12,13 @@ from pathlib import Path
 from clap_vla.configs.act_vae import ActVAEEvalConfig
 
 
-def norm_stats_for(artifact: Path, meta: dict, data: Path):
-    """The artifact's stats for `data` when it trained on it, else None."""
-    from clap_vla.data.normalize import NormStats
-
-    for entry in meta.get("norm_stats") or []:
-        if Path(entry["dataset"]) == Path(data).resolve():
-            return NormStats.load(artifact / entry["norm_stats"])
-    return None
-
-
 def evaluate_artifact(cfg: ActVAEEvalConfig, progress: bool = True) -> dict:
     import torch
 
+    from clap_vla.artifacts import norm_stats_for
     from clap_vla.data.chunks import ChunkTensors, iterate, load_chunks
+    from clap_vla.eval.act_vae import reconstruction_metrics
     from clap_vla.models.act_vae import load_act_vae, rate
-    from clap_vla.stages.train_act_vae import reconstruction_metrics
     from clap_vla.train.checkpoint import write_json
 
     model, meta = load_act_vae(cfg.act_vae)

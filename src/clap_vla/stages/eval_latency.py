@@ -25,7 +25,7 @@ def observation_from(data: Path, robot_type: str) -> dict:
     """The first frame of episode 0 as the policy sees it in closed loop."""
     from clap_vla.data import lerobot_format as lf
     from clap_vla.data.dataset import RobotDataset
-    from clap_vla.sim.base import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE
+    from clap_vla.types import IMAGES, INSTRUCTION, ROBOT_TYPE, STATE
 
     ds = RobotDataset(data)
     cols = ds.episode_columns(0, [lf.STATE, lf.TASK_INDEX])

@@ -8,56 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from clap_vla.configs.ntp import NTPEvalConfig
-
-
-def token_metrics(model, s, text, samples: int, generate: int, batch_size: int = 64) -> dict[str, float]:
-    """Teacher-forced accuracy of the action tokens (and text tokens) over up to `samples` samples of
-    set `s`, and free-running accuracy (greedy, constrained decoding) over the first `generate`."""
-    import torch
-
-    from clap_vla.data.ntp import iterate
-    from clap_vla.models.ntp_policy import codes_to_ids
-
-    was = model.training
-    model.eval()
-    hits = {"action": [0, 0], "text": [0, 0]}
-    ce_sum, ce_n = 0.0, 0
-    gen_hit = gen_n = gen_exact = gen_rows = 0
-    with torch.no_grad():
-        for pos, batch in iterate(s, text, batch_size, limit=samples):
-            batch = _to(batch, next(model.parameters()).device)
-            logits, labels, _ = model.target_logits(batch)
-            is_act = labels >= model.act_offset
-            ok = logits.argmax(-1) == labels
-            for k, sel in (("action", is_act), ("text", ~is_act)):
-                hits[k][0] += int(ok[sel].sum())
-                hits[k][1] += int(sel.sum())
-            ce = torch.nn.functional.cross_entropy(logits[is_act], labels[is_act], reduction="sum")
-            ce_sum, ce_n = ce_sum + float(ce), ce_n + int(is_act.sum())
-            todo = max(0, min(len(pos), generate - gen_rows))
-            if todo:
-                prompts = [text.prompt(s.robot_type, s.instructions[s.instruction[i]]) for i in pos[:todo]]
-                want = [codes_to_ids(s.codes[i], model.act_offset) for i in pos[:todo]]
-                _, acts, _ = model.generate(batch.visual[:todo], prompts, [len(w) for w in want])
-                for a, w in zip(acts, want, strict=True):
-                    m = int(np.sum(np.asarray(a) == np.asarray(w)))
-                    gen_hit, gen_n, gen_exact = gen_hit + m, gen_n + len(w), gen_exact + int(m == len(w))
-                gen_rows += todo
-    model.train(was)
-    out = {
-        "action_acc": hits["action"][0] / max(1, hits["action"][1]),
-        "text_acc": hits["text"][0] / max(1, hits["text"][1]) if hits["text"][1] else float("nan"),
-        "ce_action": ce_sum / max(1, ce_n),
-    }
-    if gen_rows:
-        out.update({"gen_action_acc": gen_hit / max(1, gen_n), "gen_exact": gen_exact / gen_rows})
-    return out
-
-
-def _to(batch, device):
-    from clap_vla.train.loop import to_device
-
-    return to_device(batch, device)
+from clap_vla.eval.ntp import token_metrics
 
 
 def decode_latency(policy_model, visual, prompt: list[int], n_actions: int, repeats: int = 10) -> dict[str, float]:
@@ -82,29 +33,28 @@ def decode_latency(policy_model, visual, prompt: list[int], n_actions: int, repe
 def run(cfg: NTPEvalConfig) -> int:
     import json
 
+    from clap_vla.artifacts import ACT_VAE_DIR
     from clap_vla.data.atomic import atomic_write_text
     from clap_vla.data.ntp import TextTokens, robot_samples
+    from clap_vla.data.providers import robot_normalizers, visual_provider
     from clap_vla.models.act_vae import load_act_vae
     from clap_vla.models.ntp_policy import load_ntp
     from clap_vla.nn.frame_encoders import build_frame_encoder
-    from clap_vla.stages.train_ntp import visual_provider
-    from clap_vla.stages.train_vd_vae import robot_normalizers
 
     model, meta = load_ntp(cfg.ntp)
     conf = meta["config"]
-    act_vae, _ = load_act_vae(Path(cfg.ntp) / "act_vae")
+    act_vae, _ = load_act_vae(Path(cfg.ntp) / ACT_VAE_DIR)
     text = TextTokens(model.tokenizer, model.act_offset)
-    from clap_vla.configs.ntp import NTPTrainConfig
     from clap_vla.configs.vd_vae import FeatureConfig
 
-    tcfg = NTPTrainConfig(features=FeatureConfig(**conf["features"]))
+    features = FeatureConfig(**conf["features"])
     encoder = None if model.vlm.uses_pixels else build_frame_encoder(conf["features"]["frame_encoder"],
                                                                     conf["features"]["precision"])  # fmt: skip
     results: dict = {"ntp": str(Path(cfg.ntp).resolve()), "datasets": {}}
     for p in conf["robot_data"]:
         norm = robot_normalizers(Path(cfg.ntp), meta, [p], act_vae.cfg.horizon, progress=False)[0]
         _, held = robot_samples(p, act_vae, norm, conf["holdout_every"], progress=False)
-        held.visual = visual_provider(p, tcfg, encoder, progress=True)
+        held.visual = visual_provider(p, features, encoder, progress=True)
         m = token_metrics(model, held, text, cfg.samples, cfg.generate)
         results["datasets"][Path(p).name] = {"held_out_samples": len(held), **m}
         print(

@@ -1,10 +1,10 @@
 """`clap eval rate-distortion`: one Act-VAE per (Nq, K) point; the paper's Table V / Fig. 5 study.
 
-Each point is an ordinary `clap train act-vae` run in <out>/nq{Nq}_k{K}/ (resumable: a finished
-point is not retrained). The table reports held-out MSE and PSNR (normalised data, R = 2) and the
-rate of eq. 8 with Na = H, Da = 7 (per arm), next to the paper's numbers where the point is one of
-Table V's. The elbow is the point of the PSNR-vs-rate curve farthest from the chord joining its
-ends (in axes scaled to [0, 1]), the usual "knee" construction.
+Each point is an ordinary `clap train act-vae` run (train/act_vae.py) in <out>/nq{Nq}_k{K}/
+(resumable: a finished point is not retrained). The table reports held-out MSE and PSNR (normalised
+data, R = 2) and the rate of eq. 8 with Na = H, Da = 7 (per arm), next to the paper's numbers where
+the point is one of Table V's. The elbow is the point of the PSNR-vs-rate curve farthest from the
+chord joining its ends (in axes scaled to [0, 1]), the usual "knee" construction.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def elbow(points: list[tuple[float, float]]) -> int:
 
 def run(cfg: RateDistortionConfig) -> int:
     from clap_vla.models.act_vae import rate
-    from clap_vla.stages import train_act_vae
     from clap_vla.train import checkpoint as ck
+    from clap_vla.train.act_vae import train_act_vae
 
     rows = []
     for nq, k in cfg.grid:
@@ -42,7 +42,7 @@ def run(cfg: RateDistortionConfig) -> int:
         model = replace(cfg.base.model, codes_per_arm=nq, num_codes=k)
         train_cfg = replace(cfg.base, data=cfg.data, out=point_dir, model=model, resume=True)
         print(f"== Nq {nq}, K {k} -> {point_dir}")
-        train_act_vae.run(train_cfg)
+        train_act_vae(train_cfg)
         ev = ck.read_json(point_dir / ck.META)["eval"]
         paper = TABLE_V_RESULTS.get((nq, k))
         rows.append(

@@ -22,10 +22,10 @@ def label_video(cfg: LabelConfig) -> tuple[dict, dict]:
 
     from clap_vla.configs.vd_vae import FeatureConfig
     from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.providers import feature_provider
     from clap_vla.data.transitions import iterate, load_transitions
     from clap_vla.models.vd_vae import load_vd_vae
     from clap_vla.nn.frame_encoders import build_frame_encoder
-    from clap_vla.stages.train_vd_vae import feature_provider
     from clap_vla.train.checkpoint import parent_entry
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,9 +73,9 @@ def label_robot(cfg: LabelConfig) -> tuple[dict, dict]:
     from tqdm import tqdm
 
     from clap_vla.data.dataset import RobotDataset
+    from clap_vla.data.providers import robot_normalizers
     from clap_vla.data.windows import WindowConfig, WindowDataset
     from clap_vla.models.act_vae import load_act_vae
-    from clap_vla.stages.train_vd_vae import robot_normalizers
     from clap_vla.train.checkpoint import parent_entry
 
     model, meta = load_act_vae(cfg.act_vae)

@@ -14,8 +14,8 @@ STAGE1 = "stage1_ntp"
 def adapt(cfg: PostTrainConfig) -> Path:
     """Stage 1: NTP adaptation from the given artifact (robot tokens + video pseudo tokens)."""
     from clap_vla.configs.ntp import NTPTrainConfig
-    from clap_vla.stages import train_ntp
     from clap_vla.train import checkpoint as ck
+    from clap_vla.train.ntp import train_ntp
 
     out = cfg.out / STAGE1
     state = out / ck.CHECKPOINT / ck.STATE
@@ -27,7 +27,7 @@ def adapt(cfg: PostTrainConfig) -> Path:
         train=cfg.adapt, holdout_every=cfg.holdout_every, eval_samples=cfg.eval_samples, eval_generate=0,
         resume=cfg.resume or state.exists(),
     )  # fmt: skip
-    train_ntp.run(ncfg)
+    train_ntp(ncfg)
     return out
 
 
@@ -38,50 +38,20 @@ def adapted(cfg: PostTrainConfig, out: Path) -> bool:
     return ck.read_json(out / ck.CHECKPOINT / ck.STATE).get("step", 0) >= cfg.adapt.steps
 
 
-def rf_metrics(model, s, text, samples: int, batch_size: int = 64, steps: int | None = None) -> dict[str, float]:
-    """Held-out robot samples: MSE of sampled chunks vs the true normalised chunk (valid steps and
-    present arms), and the policy's teacher-forced action-token accuracy (what KM preserves)."""
-    import numpy as np
-    import torch
-
-    from clap_vla.data.ntp import iterate
-    from clap_vla.train.loop import to_device
-
-    was = model.training
-    model.eval()
-    se = n = hit = tot = 0.0
-    g = torch.Generator().manual_seed(0)
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for pos, b in iterate(s, text, batch_size, limit=samples):
-            b = to_device(b, dev)
-            prompts = [text.prompt(s.robot_type, s.instructions[s.instruction[i]]) for i in pos]
-            x = model.sample_actions(b.visual, prompts, b.arm_mask, steps, generator=g)
-            m = (b.action_valid[:, :, None] & b.arm_mask[:, None, :]).float()[..., None]  # (B, H, A, 1)
-            se += float((((x - b.actions) ** 2) * m).sum())
-            n += float(m.sum()) * x.shape[-1]
-            logits, labels, _ = model.policy.target_logits(b)
-            act = labels >= model.policy.act_offset
-            hit += float((logits.argmax(-1)[act] == labels[act]).sum())
-            tot += float(act.sum())
-    model.train(was)
-    mse = se / max(n, 1)
-    return {"chunk_mse": mse, "chunk_psnr": float(20 * np.log10(2.0 / np.sqrt(max(mse, 1e-12)))),
-            "action_acc": hit / max(tot, 1)}  # fmt: skip
-
-
 def run(cfg: PostTrainConfig) -> int:
     import torch
 
+    from clap_vla.artifacts import ACT_VAE_DIR, TOKENIZER_DIR, copy_act_vae, save_norm_stats
+    from clap_vla.configs.vd_vae import FeatureConfig
     from clap_vla.data.dataset import RobotDataset
     from clap_vla.data.ntp import NTPSource, TextTokens
+    from clap_vla.data.providers import ntp_samples
     from clap_vla.errors import ConfigError
+    from clap_vla.eval.clap_policy import rf_metrics
     from clap_vla.models.act_vae import load_act_vae
     from clap_vla.models.clap_policy import ClapModel, reference_copy
     from clap_vla.models.ntp_policy import load_ntp
     from clap_vla.nn.frame_encoders import build_frame_encoder
-    from clap_vla.stages.train_act_vae import save_norm_stats
-    from clap_vla.stages.train_ntp import ACT_VAE_DIR, TOKENIZER_DIR, copy_act_vae, load_samples
     from clap_vla.train import checkpoint as ck
     from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit
@@ -107,17 +77,16 @@ def run(cfg: PostTrainConfig) -> int:
     reference = reference_copy(policy) if mcfg.km_weight > 0 else None
     act_dir = parent / ACT_VAE_DIR
     act_vae, act_meta = load_act_vae(act_dir)
-    from clap_vla.configs.ntp import NTPTrainConfig
-    from clap_vla.configs.vd_vae import FeatureConfig
-
-    ncfg = NTPTrainConfig(act_vae=act_dir, robot_data=cfg.robot_data, holdout_every=cfg.holdout_every,
-                          features=FeatureConfig(**pconf["features"]))  # fmt: skip
+    features = FeatureConfig(**pconf["features"])
     pixels = bool(getattr(policy.vlm, "uses_pixels", False))
-    encoder = None if pixels else build_frame_encoder(ncfg.features.frame_encoder, ncfg.features.precision)
+    encoder = None if pixels else build_frame_encoder(features.frame_encoder, features.precision)
     info = setup(cfg.train.device, cfg.train.threads)
     if info.enabled and not info.is_main:
         barrier()  # rank 0 builds the frame/feature caches first
-    train, held, norms = load_samples(ncfg, act_vae, act_meta, encoder, info.is_main and cfg.train.progress)
+    train, held, norms = ntp_samples(
+        act_dir, act_vae, act_meta, cfg.robot_data, (), features, encoder, cfg.holdout_every,
+        info.is_main and cfg.train.progress,
+    )  # fmt: skip
     if info.enabled and info.is_main:
         barrier()
     torch.manual_seed(cfg.train.seed)
@@ -184,4 +153,4 @@ def run(cfg: PostTrainConfig) -> int:
     return 0
 
 
-__all__ = ["adapt", "adapted", "rf_metrics", "run"]
+__all__ = ["adapt", "adapted", "run"]

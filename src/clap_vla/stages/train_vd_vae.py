@@ -5,69 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from clap_vla.configs.vd_vae import FeatureConfig, VDVAETrainConfig
+from clap_vla.configs.vd_vae import VDVAETrainConfig
 
-
-def feature_provider(ds_path, fcfg: FeatureConfig, encoder, progress: bool = True, clean_only: bool = False):
-    """The frozen features of one dataset: a feature cache (built once, then reused) or online.
-    `clean_only` (evaluation, labelling, NTP): reuse any cache of this dataset and encoder when one
-    exists (its view 0 is the clean frames; e.g. the VD-VAE's training cache), else build a
-    clean-only one. With `fcfg.dataset_norm` the provider standardises with this dataset's own
-    feature statistics."""
-    from clap_vla.data.dataset import RobotDataset
-    from clap_vla.data.transitions import StandardizedFeatures
-
-    ds = RobotDataset(ds_path)
-    provider = _feature_provider(ds, fcfg, encoder, progress, clean_only)
-    return StandardizedFeatures(provider, ds.num_frames, seed=fcfg.seed) if fcfg.dataset_norm else provider
-
-
-def _feature_provider(ds, fcfg: FeatureConfig, encoder, progress: bool, clean_only: bool):
-    from clap_vla.data.augment import AugmentConfig
-    from clap_vla.data.feature_cache import build_feature_cache, find_clean_cache
-    from clap_vla.data.transitions import CachedFeatures, OnlineFeatures
-
-    camera = ds.camera_key(fcfg.camera) if fcfg.camera else ds.cameras[0]
-    augment = AugmentConfig() if fcfg.augment_views else None
-    views = 1 + fcfg.augment_views
-    if clean_only:
-        found = find_clean_cache(ds, camera, encoder)
-        if found is not None:
-            return CachedFeatures(found, clean_only=True)
-        augment, views = None, 1
-    if not fcfg.cache:
-        # The clean view (the teacher's, and evaluation's) comes from a clean cache when augmenting:
-        # only the student's fresh augmentations run through the encoder every step.
-        clean = None
-        if augment is not None:
-            found = find_clean_cache(ds, camera, encoder)
-            clean = CachedFeatures(
-                found or build_feature_cache(ds, camera, encoder, progress=progress), clean_only=True
-            )
-        return OnlineFeatures(
-            ds, camera, encoder, augment, seed=fcfg.seed, progress=progress, per_clip=fcfg.augment_per_clip, clean=clean
-        )
-    cache = build_feature_cache(ds, camera, encoder, views=views, augment=augment, seed=fcfg.seed, progress=progress)
-    return CachedFeatures(cache)
-
-
-def robot_normalizers(act_vae_dir: Path, act_meta: dict, paths, horizon: int, progress: bool = True):
-    """The Act-VAE's own normalisation of each robot dataset it trained on; stats fitted here for
-    a dataset it did not see (with a note: its tokens then use a new scaling)."""
-    from clap_vla.data.dataset import RobotDataset
-    from clap_vla.data.normalize import ActionNormalizer
-    from clap_vla.data.windows import WindowConfig, fit_norm_stats
-    from clap_vla.stages.eval_act_vae import norm_stats_for
-
-    out = []
-    for p in paths:
-        st = norm_stats_for(act_vae_dir, act_meta, p)
-        if st is None:
-            if progress:
-                print(f"note: the Act-VAE did not train on {p}; fitting its normalisation stats here")
-            st = fit_norm_stats(RobotDataset(p), WindowConfig(horizon=horizon, cameras=()))
-        out.append(ActionNormalizer(st))
-    return out
+# Also re-exported for scripts written against this module (experiments/vd_vae_linear_probe.py).
+from clap_vla.data.providers import feature_provider, robot_normalizers
 
 
 def load_sets(cfg, act_vae_dir: Path, act_meta: dict, horizon: int, encoder, progress: bool):
@@ -89,14 +30,14 @@ def load_sets(cfg, act_vae_dir: Path, act_meta: dict, horizon: int, encoder, pro
 def run(cfg: VDVAETrainConfig) -> int:
     import torch
 
+    from clap_vla.artifacts import save_norm_stats
     from clap_vla.data.dataset import RobotDataset
     from clap_vla.data.transitions import TransitionSource
     from clap_vla.errors import ConfigError
+    from clap_vla.eval.vd_vae import alignment_metrics
     from clap_vla.models.act_vae import load_act_vae
     from clap_vla.models.vd_vae import VDVAE
     from clap_vla.nn.frame_encoders import build_frame_encoder
-    from clap_vla.stages.eval_vd_vae import alignment_metrics
-    from clap_vla.stages.train_act_vae import save_norm_stats
     from clap_vla.train import checkpoint as ck
     from clap_vla.train.distributed import barrier, setup
     from clap_vla.train.loop import count_parameters, fit

@@ -25,18 +25,13 @@ import numpy as np
 import torch
 from torch import nn
 
+# The artifact's own file names and `parent_entry` live in clap_vla/artifacts.py; re-exported here
+# for the training loop and the stages that name them `ck.*`.
+from clap_vla.artifacts import CONFIG, META, MODEL, parent_entry  # noqa: F401
 from clap_vla.data.atomic import atomic_directory, atomic_write_bytes, atomic_write_text
 from clap_vla.errors import ClapError
 
-CONFIG, MODEL, META, EMA, OPTIMIZER, STATE, CHECKPOINT = (
-    "config.json",
-    "model.safetensors",
-    "meta.json",
-    "ema.safetensors",
-    "optimizer.pt",
-    "state.json",
-    "checkpoint",
-)
+EMA, OPTIMIZER, STATE, CHECKPOINT = "ema.safetensors", "optimizer.pt", "state.json", "checkpoint"
 
 
 def code_version() -> str:
@@ -161,16 +156,3 @@ def load_checkpoint(
     ema = load_weights(ckpt / EMA) if (ckpt / EMA).exists() else None
     set_rng_state(state["rng"])
     return int(state["step"]), ema, state
-
-
-def parent_entry(artifact: str | Path) -> dict[str, str]:
-    """How a stage names a parent artifact in its meta.json: resolved path + sha256 of its weights,
-    so a later check can tell when the parent was retrained in place."""
-    import hashlib
-
-    artifact = Path(artifact).resolve()
-    h = hashlib.sha256()
-    with open(artifact / MODEL, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"path": str(artifact), "sha256": h.hexdigest()}
