@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from clap_vla.artifacts import TOKENIZER_DIR
 from clap_vla.errors import ConfigError
 from clap_vla.losses import KL_DIRECTIONS, flow_matching_loss, knowledge_matching_kl
 from clap_vla.models.ntp_policy import IGNORE, NTPModel, NTPPolicy, prefix_lengths
@@ -275,7 +276,7 @@ def load_clap(artifact, device: str | torch.device = "cpu") -> tuple[ClapModel, 
     m = dict(config["ntp_model"])
     ntp_cfg = NTPConfig(**{**m, "vlm": vlm_config_from_saved(m["vlm"])})
     policy = NTPModel(
-        ntp_cfg, hf_config=config["hf_config"], tokenizer=AutoTokenizer.from_pretrained(artifact / "tokenizer")
+        ntp_cfg, hf_config=config["hf_config"], tokenizer=AutoTokenizer.from_pretrained(artifact / TOKENIZER_DIR)
     )
     c = dict(config["clap"])
     rf = dict(c.pop("rf"))

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from clap_vla.artifacts import ACT_VAE_DIR, TOKENIZER_DIR
+
 # The text format is data's (data/ntp_text.py); re-exported here, where scripts and tests look for it.
 from clap_vla.data.ntp_text import (
     ACTION_MARK,
@@ -220,7 +222,7 @@ def load_ntp(artifact, device: str | torch.device = "cpu") -> tuple[NTPModel, di
         raise ClapError(f"{artifact / ck.CONFIG}: not a CLAP-NTP artifact (no 'model' / 'hf_config' section)")
     m = dict(config["model"])
     cfg = NTPConfig(**{**m, "vlm": vlm_config_from_saved(m["vlm"])})
-    tok_dir = artifact / "tokenizer"
+    tok_dir = artifact / TOKENIZER_DIR
     if not tok_dir.exists():
         raise ClapError(f"{tok_dir}: missing; the artifact is incomplete (was its training killed before step 0?)")
     model = NTPModel(cfg, hf_config=config["hf_config"], tokenizer=AutoTokenizer.from_pretrained(tok_dir))
@@ -262,7 +264,7 @@ class NTPPolicy:
         self.precision = resolve(precision, self.device)
         meta = self._load(self.artifact, device)  # sets self.model (the NTP model that owns the tokenizer)
         config = meta["config"]
-        self.act_vae, _ = load_act_vae(self.artifact / "act_vae", device)
+        self.act_vae, _ = load_act_vae(self.artifact / ACT_VAE_DIR, device)
         feats = config["features"]
         self.pixels = bool(getattr(self.model.vlm, "uses_pixels", False))
         self.encoder = (

@@ -33,6 +33,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+from clap_vla.artifacts import META
 from clap_vla.configs.serve import ServeConfig
 from clap_vla.errors import ClapError, ConfigError
 from clap_vla.serve.protocol import BAD_REQUEST, PROTOCOL, PROTOCOL_VERSION, RequestError, packb, unpackb
@@ -78,7 +79,7 @@ def describe_policy(spec: str, policy: Policy) -> dict[str, Any]:
     info["horizon"] = horizon if isinstance(horizon, int) else None
     camera = getattr(policy, "camera", None)
     info["camera"] = camera if isinstance(camera, str) else None
-    meta_path = Path(spec) / "meta.json"
+    meta_path = Path(spec) / META
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         info["artifact"] = {

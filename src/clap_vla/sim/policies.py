@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clap_vla.artifacts import META
 from clap_vla.errors import ConfigError
 from clap_vla.sim.base import STATE, Observation, Policy, SimEnv
 
@@ -129,7 +130,7 @@ def load_artifact_policy(path: Path) -> Policy:
     """A trained policy artifact directory -> its policy object (loaded once per process)."""
     import json
 
-    stage = json.loads((path / "meta.json").read_text()).get("stage")
+    stage = json.loads((path / META).read_text()).get("stage")
     if stage not in ARTIFACT_POLICIES:
         raise ConfigError(
             f"policy {str(path)!r}: its meta.json says stage {stage!r}; policies load from artifacts of "
@@ -148,7 +149,7 @@ def load_factory(spec: str) -> PolicySpec:
         from clap_vla.serve.client import RemotePolicy
 
         return RemotePolicy(spec)  # connects lazily; pickles without its socket
-    if (Path(spec) / "meta.json").exists():
+    if (Path(spec) / META).exists():
         return load_artifact_policy(Path(spec))
     if ":" not in spec:
         raise ConfigError(
