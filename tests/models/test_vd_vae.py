@@ -255,6 +255,43 @@ def test_robot_positives_are_the_act_vae_code_vectors_of_the_true_chunk():
     assert not captured["pos"].requires_grad
 
 
+def test_encoder_positive_is_the_act_vae_encoder_output_by_hand():
+    """robot_positive="encoder" (vd_vae_paper): eq. 3's z_a+ = sg(E_act(a_gt)) for robot samples,
+    the frozen Act-VAE encoder's output before quantisation, computed here one (sample, arm) chunk
+    at a time in float64, in the order of the contrastive items (samples, then arms)."""
+    import copy
+
+    from clap_vla import losses
+
+    assert VD_VAE_PRESETS["vd_vae_paper"].robot_positive == "encoder"
+    m = _model(robot_positive="encoder")
+    b = _batch(robot_frac=1.0)
+    captured = {}
+    orig = losses.distributed_siglip_loss
+
+    def spy(z, z_pos, *a, **kw):
+        captured["pos"] = z_pos
+        return orig(z, z_pos, *a, **kw)
+
+    losses.distributed_siglip_loss = spy
+    try:
+        m.compute_loss(b)
+    finally:
+        losses.distributed_siglip_loss = orig
+    act64 = copy.deepcopy(m.act_vae).double()
+    with torch.no_grad():
+        rows = [
+            act64._encode_arms(b.actions[i, :, a][None].double()).reshape(-1)  # (Nq * Cd,)
+            for i in range(b.actions.shape[0])
+            for a in range(2)
+            if b.arm_mask[i, a]
+        ]
+        quantised = m.act_vae.encode_vectors(b.actions, b.arm_mask)[1][b.arm_mask].flatten(1)
+    torch.testing.assert_close(captured["pos"].double(), torch.stack(rows), atol=1e-5, rtol=1e-5)
+    assert not captured["pos"].requires_grad
+    assert not torch.allclose(captured["pos"], quantised)  # not the code vectors (robot_positive="quantized")
+
+
 def test_feature_shape_mismatch_is_a_clear_error():
     m = _model()
     b = _batch()

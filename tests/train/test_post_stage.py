@@ -134,3 +134,29 @@ def test_post_artifact_is_a_policy_and_latency_reports_both(ntp, tmp_path, monke
     assert lat["ratio_ceiling"] == pytest.approx(lat["ntp"]["p50_ms"] / (sum(shared) / 2))
     # It leaves out the head's own time, so it lies above the measured ratio (up to timing noise).
     assert lat["ratio_ceiling"] >= 0.9 * lat["ratio_ntp_over_rf_4"]
+
+
+def test_epochs_resolve_to_steps_in_both_stages_and_stage1_can_hold_its_lr(ntp, tmp_path, monkeypatch):
+    """--adapt.epochs / --train.epochs (Table IX gives post-training in epochs) become
+    ceil(epochs * samples / batch) steps once the stage knows its samples; config.json records them,
+    a finished stage 1 is recognised by them, and --adapt.min-lr-ratio 1 holds stage 1's lr after
+    warmup (Table IX, stage 1: no decay)."""
+    import math
+
+    root, art = ntp
+    monkeypatch.setenv("CLAP_CACHE_DIR", str(root / "cache"))
+    out = tmp_path / "post"
+    args = _args(root, art, out, "--adapt.epochs", "0.5", "--adapt.min-lr-ratio", "1", "--train.epochs", "0.5")
+    assert main(args) == 0
+    s1 = out / "stage1_ntp"
+    samples1 = sum(json.loads((s1 / ck.META).read_text())["samples"].values())
+    samples2 = sum(json.loads((out / ck.META).read_text())["samples"].values())
+    steps1 = json.loads((s1 / ck.CONFIG).read_text())["train"]["steps"]
+    steps2 = json.loads((out / ck.CONFIG).read_text())["train"]["steps"]
+    assert steps1 == math.ceil(0.5 * samples1 / 8) and steps2 == math.ceil(0.5 * samples2 / 8)
+    assert steps1 >= 4, steps1  # long enough that a cosine would have decayed the logged lr
+    assert json.loads((out / ck.META).read_text())["step"] == steps2
+    rows = [json.loads(x) for x in (s1 / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "train"]
+    assert lrs and all(lr == 1e-3 for lr in lrs)  # post_tiny: peak 1e-3, warmup 1 step, no decay
+    assert main([*args, "--resume"]) == 0  # stage 1 is recognised as done at its resolved step

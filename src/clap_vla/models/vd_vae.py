@@ -118,7 +118,8 @@ class VDVAEConfig:
 
 VD_VAE_PRESETS = {
     # Table IX / reference facts: 12 + 12 layers, env codebook 512 x 128, ~200 M parameters with a
-    # ViT-B backbone's 768-channel features.
+    # ViT-B backbone's 768-channel features. The robot positive is the paper's sg(E_act(a_gt))
+    # (§III-C2, Algorithm 2 line 19), the Act-VAE encoder's output before quantisation.
     "vd_vae_paper": VDVAEConfig(
         feature_dim=768,
         num_patches=300,
@@ -130,6 +131,7 @@ VD_VAE_PRESETS = {
         ffn=3072,
         enc_layers=12,
         dec_layers=12,
+        robot_positive="encoder",
     ),
     "vd_vae_small": VDVAEConfig(width=128, heads=4, ffn=256, enc_layers=4, dec_layers=3, env_codes=64, env_code_dim=32),
     "vd_vae_tiny": VDVAEConfig(

@@ -32,10 +32,14 @@ def adapt(cfg: PostTrainConfig) -> Path:
 
 
 def adapted(cfg: PostTrainConfig, out: Path) -> bool:
-    """Whether stage 1 ran to its last step (not stopped early by --adapt.stop-at)."""
+    """Whether stage 1 ran to its last step (not stopped early by --adapt.stop-at). With
+    --adapt.epochs its last step is the one the run resolved and recorded in its config.json."""
     from clap_vla.train import checkpoint as ck
 
-    return ck.read_json(out / ck.CHECKPOINT / ck.STATE).get("step", 0) >= cfg.adapt.steps
+    steps = cfg.adapt.steps
+    if cfg.adapt.epochs > 0:
+        steps = ck.read_json(out / ck.CONFIG).get("train", {}).get("steps", steps)
+    return ck.read_json(out / ck.CHECKPOINT / ck.STATE).get("step", 0) >= steps
 
 
 def run(cfg: PostTrainConfig) -> int:
@@ -54,7 +58,7 @@ def run(cfg: PostTrainConfig) -> int:
     from clap_vla.nn.frame_encoders import build_frame_encoder
     from clap_vla.train import checkpoint as ck
     from clap_vla.train.distributed import barrier, setup
-    from clap_vla.train.loop import count_parameters, fit
+    from clap_vla.train.loop import count_parameters, fit, resolve_epochs
 
     if cfg.ntp is None:
         raise ConfigError("--ntp: name the CLAP-NTP artifact to post-train")
@@ -69,7 +73,7 @@ def run(cfg: PostTrainConfig) -> int:
         adapt(replace(cfg, adapt=replace(cfg.adapt, dry_run=True)))
     parent = adapt(cfg) if cfg.adapt_stage and not dry else Path(cfg.ntp)
     if cfg.adapt_stage and not dry and not adapted(cfg, parent):
-        print(f"stage 1 stopped before step {cfg.adapt.steps}; stage 2 starts once it is done (--resume)")
+        print("stage 1 stopped before its last step; stage 2 starts once it is done (--resume)")
         return 0
     mcfg = cfg.resolved_model()
     policy, pmeta = load_ntp(parent)
@@ -89,6 +93,7 @@ def run(cfg: PostTrainConfig) -> int:
     )  # fmt: skip
     if info.enabled and info.is_main:
         barrier()
+    train_cfg = resolve_epochs(cfg.train, sum(len(s) for s in train))
     torch.manual_seed(cfg.train.seed)
     model = ClapModel(mcfg, policy, act_vae.cfg.horizon, reference)
     text = TextTokens(policy.tokenizer, policy.act_offset)
@@ -96,7 +101,9 @@ def run(cfg: PostTrainConfig) -> int:
         print(
             f"post (stage 2): RF head {count_parameters(model.head) / 1e6:.2f} M reading VLM layers {model.layers} "
             f"({mcfg.rf.context}); KM alpha {mcfg.km_weight} ({mcfg.kl_direction}, {mcfg.km_tokens} tokens)"
-            f"{', KI' if mcfg.ki else ''}; " + ", ".join(f"{s.name} {len(s)} samples" for s in train)
+            f"{', KI' if mcfg.ki else ''}; "
+            + ", ".join(f"{s.name} {len(s)} samples" for s in train)
+            + (f"; {train_cfg.epochs:g} epochs = {train_cfg.steps} steps" if train_cfg.epochs else "")
         )
 
     def evaluate(m) -> dict[str, float]:
@@ -135,8 +142,8 @@ def run(cfg: PostTrainConfig) -> int:
     }
     result = fit(
         model,
-        NTPSource(train, [float(len(s)) for s in train], cfg.train.batch_size, text, cfg.train.seed),
-        cfg.train,
+        NTPSource(train, [float(len(s)) for s in train], train_cfg.batch_size, text, train_cfg.seed),
+        train_cfg,
         cfg.out,
         resume=cfg.resume,
         evaluate=evaluate,

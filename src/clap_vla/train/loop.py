@@ -17,6 +17,7 @@ shards).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -38,7 +39,11 @@ from clap_vla.train.optim import build_optimizer, lr_factor, set_lr
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 20000
-    """Optimiser steps."""
+    """Optimiser steps (set from `epochs` when that is > 0)."""
+    epochs: float = 0.0
+    """Passes over the training samples (Table IX gives post-training in epochs); when > 0 the stage
+    sets `steps` to ceil(epochs * samples / batch_size) once it knows its sample count (see
+    `resolve_epochs`), and the `steps` given is ignored. 0 = use `steps`."""
     batch_size: int = 256
     """Global batch size (split evenly over ranks)."""
     lr: float = 2e-4
@@ -47,8 +52,13 @@ class TrainConfig:
     """AdamW weight decay (not on biases, norms, embeddings, codebooks)."""
     warmup_steps: int = 1000
     """Linear warmup steps."""
+    decay_start: int = 0
+    """Step where the cosine decay begins; between the end of warmup and it the lr stays at its
+    peak (paper §IV-C1 / Table IX, CLAP-NTP: constant, cosine decay after 100k). 0 = right after
+    warmup (warmup + cosine)."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at this fraction of the peak."""
+    """Cosine decay ends at this fraction of the peak; 1 = no decay (Table IX, post-training
+    stage 1). See optim.lr_factor."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 = off)."""
     lr_multipliers: tuple[tuple[str, float], ...] = ()
@@ -93,10 +103,32 @@ class TrainConfig:
                 f"need lr > 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1; got {self.lr}, {self.warmup_steps}, "
                 f"{self.min_lr_ratio}"
             )
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0 (0 = use steps), got {self.epochs}")
+        if self.decay_start and not self.warmup_steps <= self.decay_start <= self.steps:
+            raise ConfigError(
+                f"decay_start must be 0 (decay right after warmup) or within [warmup_steps, steps] = "
+                f"[{self.warmup_steps}, {self.steps}], got {self.decay_start}; "
+                f"set --train.decay-start with --train.steps"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0 = PyTorch's default), got {self.threads}")
+
+
+def resolve_epochs(cfg: TrainConfig, samples: int) -> TrainConfig:
+    """`cfg` with `steps` = ceil(epochs * samples / batch_size) when `epochs` > 0, else `cfg` as is.
+    The stage calls it once it knows its training sample count (the sum over its datasets), before
+    `fit`; config.json then records the resolved steps, and a resume on the same data resolves the
+    same number."""
+    if cfg.epochs <= 0:
+        return cfg
+    if samples < 1:
+        raise ConfigError(f"epochs {cfg.epochs}: the training set has no samples")
+    from dataclasses import replace
+
+    return replace(cfg, steps=max(1, math.ceil(cfg.epochs * samples / cfg.batch_size)))
 
 
 class BatchSource(Protocol):
@@ -225,7 +257,7 @@ def fit(
     end = max(start, min(cfg.steps, cfg.stop_at)) if cfg.stop_at > 0 else cfg.steps
     for step in range(start, end):
         batch = to_device(data.batch(step, info.rank, info.world_size), info.device)
-        lr = set_lr(optimizer, cfg.lr, lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio))
+        lr = set_lr(optimizer, cfg.lr, lr_factor(step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio, cfg.decay_start))
         with autocast:
             loss, metrics = net(batch)
         if not torch.isfinite(loss):
@@ -425,4 +457,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["BatchSource", "TrainConfig", "count_parameters", "fit"]
+__all__ = ["BatchSource", "TrainConfig", "count_parameters", "fit", "resolve_epochs"]

@@ -30,7 +30,7 @@ def train_ntp(cfg: NTPTrainConfig) -> dict:
     from clap_vla.nn.frame_encoders import build_frame_encoder
     from clap_vla.train import checkpoint as ck
     from clap_vla.train.distributed import barrier, setup
-    from clap_vla.train.loop import count_parameters, fit
+    from clap_vla.train.loop import count_parameters, fit, resolve_epochs
 
     if cfg.act_vae is None and cfg.init is not None:
         cfg = replace(cfg, act_vae=Path(cfg.init) / ACT_VAE_DIR)
@@ -105,6 +105,9 @@ def train_ntp(cfg: NTPTrainConfig) -> dict:
                         for s, w in zip(train, weights, strict=True))
         )  # fmt: skip
     robot_held = [s for s in held if s.kind == "robot" and len(s)]
+    cfg = replace(cfg, train=resolve_epochs(cfg.train, sum(len(s) for s in train)))
+    if info.is_main and cfg.train.epochs:
+        print(f"ntp: {cfg.train.epochs:g} epochs = {cfg.train.steps} steps of {cfg.train.batch_size}")
 
     def evaluate(m) -> dict[str, float]:
         if not robot_held:

@@ -1,5 +1,6 @@
-"""AdamW with parameter groups and the warmup + cosine schedule (reference facts, Act-VAE:
-warmup 1000, cosine to 0.1x; codebook lr x50 and no weight decay)."""
+"""AdamW with parameter groups and the warmup-constant-cosine schedule (reference facts, Act-VAE:
+warmup 1000, cosine to 0.1x; codebook lr x50 and no weight decay; paper §IV-C1 / Table IX, CLAP-NTP:
+warmup 1000, constant, cosine after 100k to 0.1x)."""
 
 from __future__ import annotations
 
@@ -44,13 +45,21 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, lr_multipl
     return torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=lr, betas=betas)
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup from 0 over `warmup` steps, then cosine from 1 to `min_ratio` at `total`."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, decay_start: int = 0) -> float:
+    """Multiplier of the peak lr at 0-based `step` of a `total`-step run: linear warmup from
+    1/warmup to 1 over the first `warmup` steps, constant 1 until `decay_start`, then half a cosine
+    from 1 down to `min_ratio` at `total`.
+
+    decay_start 0 starts the decay where warmup ends (warmup + cosine, the default). min_ratio 1 is
+    no decay (Table IX, post-training stage 1). Paper §IV-C1 / Table IX, CLAP-NTP: warmup 1000,
+    decay_start 100k, total 150k, min_ratio 5e-6 / 5e-5 = 0.1. A pure function of the step, so a
+    resumed run continues the same schedule."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    if total <= warmup:
+    start = max(warmup, decay_start)
+    if total <= start or step < start:
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, (step - start) / max(1, total - start))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
