@@ -232,11 +232,10 @@ def test_student_sees_augmented_frames_decoder_clean_f_t_target_clean_f_tH():
     torch.testing.assert_close(metrics["rec"], rec.detach())
 
 
-def test_robot_positives_are_the_act_vae_code_vectors_of_the_true_chunk():
+def _contrastive_positive(m, b) -> dict:
+    """The positive (and its token keys) that `m.compute_loss(b)` hands to the SigLIP loss."""
     from clap_vla import losses
 
-    m = _model()
-    b = _batch(robot_frac=1.0)
     captured = {}
     orig = losses.distributed_siglip_loss
 
@@ -249,6 +248,13 @@ def test_robot_positives_are_the_act_vae_code_vectors_of_the_true_chunk():
         m.compute_loss(b)
     finally:
         losses.distributed_siglip_loss = orig
+    return captured
+
+
+def test_robot_positives_are_the_act_vae_code_vectors_of_the_true_chunk():
+    m = _model()
+    b = _batch(robot_frac=1.0)
+    captured = _contrastive_positive(m, b)
     ids, vec = m.act_vae.encode_vectors(b.actions, b.arm_mask)
     torch.testing.assert_close(captured["pos"], vec[b.arm_mask].flatten(1))
     torch.testing.assert_close(captured["key"], token_keys(ids[b.arm_mask]))
@@ -261,23 +267,10 @@ def test_encoder_positive_is_the_act_vae_encoder_output_by_hand():
     at a time in float64, in the order of the contrastive items (samples, then arms)."""
     import copy
 
-    from clap_vla import losses
-
     assert VD_VAE_PRESETS["vd_vae_paper"].robot_positive == "encoder"
     m = _model(robot_positive="encoder")
     b = _batch(robot_frac=1.0)
-    captured = {}
-    orig = losses.distributed_siglip_loss
-
-    def spy(z, z_pos, *a, **kw):
-        captured["pos"] = z_pos
-        return orig(z, z_pos, *a, **kw)
-
-    losses.distributed_siglip_loss = spy
-    try:
-        m.compute_loss(b)
-    finally:
-        losses.distributed_siglip_loss = orig
+    captured = _contrastive_positive(m, b)
     act64 = copy.deepcopy(m.act_vae).double()
     with torch.no_grad():
         rows = [
